@@ -1,0 +1,436 @@
+package appliance
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/causeway-net/causeway/dataplane/wgkey"
+)
+
+// Defaults applied to fields a config file leaves out.
+const (
+	DefaultInterface  = "cw0"
+	DefaultListenPort = 51820
+	DefaultHTTPListen = "127.0.0.1:9180"
+	// MaxConfigSize bounds the config file we are willing to read.
+	MaxConfigSize = 4 << 20
+)
+
+// OverlayRange is the carrier-grade NAT range every overlay address lives in.
+var OverlayRange = netip.MustParsePrefix("100.64.0.0/10")
+
+// Config is a validated appliance configuration. Build one with ParseConfig
+// or LoadConfig; a Config that did not come from there may be invalid.
+type Config struct {
+	Name        string
+	StateDir    string
+	Interface   string
+	OverlayAddr netip.Addr
+	ListenPort  uint16
+	// MTU of the overlay interface; 0 means derive it from the underlay.
+	MTU         int
+	LANPrefixes []netip.Prefix
+	Peers       []PeerConfig
+	// HTTPListen is where /healthz and /metrics are served; empty disables.
+	HTTPListen string
+}
+
+// PeerConfig is one remote appliance.
+type PeerConfig struct {
+	Name        string
+	PublicKey   wgkey.PublicKey
+	OverlayAddr netip.Addr
+	// Endpoints are the peer's underlay addresses. A peer without endpoints
+	// (a site behind NAT that only dials out) is reached once it has
+	// contacted us.
+	Endpoints []netip.AddrPort
+	// Prefixes are the LAN prefixes the peer announces.
+	Prefixes []netip.Prefix
+	// Keepalive is the persistent keepalive interval; 0 disables it.
+	Keepalive time.Duration
+}
+
+// AllowedPrefixes is what WireGuard accepts from, and routes to, the peer:
+// its overlay address and its LAN prefixes.
+func (p PeerConfig) AllowedPrefixes() []netip.Prefix {
+	out := make([]netip.Prefix, 0, 1+len(p.Prefixes))
+	out = append(out, netip.PrefixFrom(p.OverlayAddr, p.OverlayAddr.BitLen()))
+	return append(out, p.Prefixes...)
+}
+
+// fileConfig is the on-disk JSON shape. Every field is a plain string or
+// number so that each parse error can name the field it came from.
+type fileConfig struct {
+	Name        string     `json:"name"`
+	StateDir    string     `json:"state_dir"`
+	Interface   string     `json:"interface"`
+	OverlayAddr string     `json:"overlay_addr"`
+	ListenPort  *int       `json:"listen_port"`
+	MTU         int        `json:"mtu"`
+	LANPrefixes []string   `json:"lan_prefixes"`
+	Peers       []filePeer `json:"peers"`
+	HTTPListen  *string    `json:"http_listen"`
+}
+
+type filePeer struct {
+	Name        string   `json:"name"`
+	PublicKey   string   `json:"public_key"`
+	OverlayAddr string   `json:"overlay_addr"`
+	Endpoints   []string `json:"endpoints"`
+	Prefixes    []string `json:"prefixes"`
+	Keepalive   string   `json:"keepalive"`
+}
+
+// FieldError is one problem with one field of a config file.
+type FieldError struct {
+	Field string // JSON path, e.g. "peers[1].public_key"
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// ConfigError lists every problem found in a config file.
+type ConfigError struct {
+	Source string // file name, or "" for in-memory input
+	Errs   []error
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString("invalid config")
+	if e.Source != "" {
+		b.WriteString(" " + e.Source)
+	}
+	for i, err := range e.Errs {
+		if i == 0 {
+			b.WriteString(": ")
+		} else {
+			b.WriteString("; ")
+		}
+		b.WriteString(err.Error())
+	}
+	return b.String()
+}
+
+func (e *ConfigError) Unwrap() []error { return e.Errs }
+
+// LoadConfig reads and validates a config file.
+func LoadConfig(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	defer f.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(io.LimitReader(f, MaxConfigSize+1)); err != nil {
+		return nil, fmt.Errorf("reading config %s: %w", path, err)
+	}
+	cfg, err := ParseConfig(buf.Bytes())
+	var ce *ConfigError
+	if errors.As(err, &ce) {
+		ce.Source = path
+	}
+	return cfg, err
+}
+
+// ParseConfig decodes and validates a JSON config. The error, if any, is a
+// *ConfigError listing every problem with the field it concerns.
+func ParseConfig(data []byte) (*Config, error) {
+	if len(data) > MaxConfigSize {
+		return nil, &ConfigError{Errs: []error{errors.New("file larger than 4 MiB")}}
+	}
+	var fc fileConfig
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&fc); err != nil {
+		return nil, &ConfigError{Errs: []error{jsonError(data, err)}}
+	}
+	if dec.More() {
+		return nil, &ConfigError{Errs: []error{errors.New("unexpected data after the JSON object")}}
+	}
+	v := &validator{}
+	cfg := v.config(&fc)
+	if len(v.errs) > 0 {
+		return nil, &ConfigError{Errs: v.errs}
+	}
+	return cfg, nil
+}
+
+// jsonError turns a decoder error into one that names the field or the
+// line and column.
+func jsonError(data []byte, err error) error {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		line, col := lineCol(data, se.Offset)
+		return fmt.Errorf("line %d, column %d: %v", line, col, se)
+	case errors.As(err, &te):
+		return &FieldError{Field: jsonPath(te.Field), Msg: fmt.Sprintf("want %s, got JSON %s", te.Type, te.Value)}
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return &FieldError{Field: strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`), Msg: "unknown field"}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return errors.New("empty or truncated file")
+	}
+	return err
+}
+
+// jsonPath turns encoding/json's "peers.1.public_key" into "peers[1].public_key".
+func jsonPath(p string) string {
+	parts := strings.Split(p, ".")
+	var b strings.Builder
+	for i, s := range parts {
+		if s != "" && strings.Trim(s, "0123456789") == "" {
+			b.WriteString("[" + s + "]")
+			continue
+		}
+		if i > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteString(s)
+	}
+	return b.String()
+}
+
+func lineCol(data []byte, off int64) (int, int) {
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	line, col := 1, 1
+	for _, c := range data[:off] {
+		if c == '\n' {
+			line++
+			col = 1
+		} else {
+			col++
+		}
+	}
+	return line, col
+}
+
+type validator struct{ errs []error }
+
+func (v *validator) fail(field, format string, args ...any) {
+	v.errs = append(v.errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+var (
+	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	ifaceRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+)
+
+func (v *validator) config(fc *fileConfig) *Config {
+	c := &Config{
+		Name:       fc.Name,
+		StateDir:   fc.StateDir,
+		Interface:  fc.Interface,
+		ListenPort: DefaultListenPort,
+		MTU:        fc.MTU,
+		HTTPListen: DefaultHTTPListen,
+	}
+	if !nameRE.MatchString(fc.Name) {
+		v.fail("name", "want 1-63 lower-case letters, digits and '-', got %q", fc.Name)
+	}
+	switch {
+	case fc.StateDir == "":
+		v.fail("state_dir", "required (the directory that keeps the private key)")
+	case !filepath.IsAbs(fc.StateDir):
+		v.fail("state_dir", "want an absolute path, got %q", fc.StateDir)
+	}
+	if c.Interface == "" {
+		c.Interface = DefaultInterface
+	} else if !ifaceRE.MatchString(c.Interface) || c.Interface == "." || c.Interface == ".." {
+		v.fail("interface", "want an interface name of 1-15 letters, digits, '_', '.' or '-', got %q", c.Interface)
+	}
+	c.OverlayAddr = v.overlayAddr("overlay_addr", fc.OverlayAddr)
+	if fc.ListenPort != nil {
+		if p := *fc.ListenPort; p < 1 || p > 65535 {
+			v.fail("listen_port", "want 1-65535, got %d", p)
+		} else {
+			c.ListenPort = uint16(p)
+		}
+	}
+	if fc.MTU != 0 && (fc.MTU < 1280 || fc.MTU > 9000) {
+		v.fail("mtu", "want 1280-9000, or 0 to derive it from the underlay, got %d", fc.MTU)
+	}
+	if fc.HTTPListen != nil {
+		c.HTTPListen = *fc.HTTPListen
+		if c.HTTPListen != "" {
+			if _, err := netip.ParseAddrPort(c.HTTPListen); err != nil {
+				v.fail("http_listen", "want IP:port (or \"\" to disable), got %q", c.HTTPListen)
+			}
+		}
+	}
+
+	// Every prefix the config mentions, to reject overlaps across sites.
+	type owner struct {
+		field string
+		p     netip.Prefix
+	}
+	var claimed []owner
+	claim := func(field string, p netip.Prefix) {
+		for _, o := range claimed {
+			if o.p.Overlaps(p) {
+				v.fail(field, "%s overlaps %s (%s)", p, o.p, o.field)
+				return
+			}
+		}
+		claimed = append(claimed, owner{field, p})
+	}
+	for i, s := range fc.LANPrefixes {
+		field := fmt.Sprintf("lan_prefixes[%d]", i)
+		if p, ok := v.lanPrefix(field, s); ok {
+			claim(field, p)
+			c.LANPrefixes = append(c.LANPrefixes, p)
+		}
+	}
+
+	names := map[string]string{}
+	keys := map[wgkey.PublicKey]string{}
+	addrs := map[netip.Addr]string{}
+	if c.OverlayAddr.IsValid() {
+		addrs[c.OverlayAddr] = "overlay_addr"
+	}
+	for i := range fc.Peers {
+		fp := &fc.Peers[i]
+		base := fmt.Sprintf("peers[%d]", i)
+		p := PeerConfig{Name: fp.Name}
+		if !nameRE.MatchString(fp.Name) {
+			v.fail(base+".name", "want 1-63 lower-case letters, digits and '-', got %q", fp.Name)
+		} else if prev, dup := names[fp.Name]; dup {
+			v.fail(base+".name", "%q is also the name of %s", fp.Name, prev)
+		} else {
+			names[fp.Name] = base
+		}
+		if fp.PublicKey == "" {
+			v.fail(base+".public_key", "required")
+		} else if k, err := wgkey.ParsePublic(fp.PublicKey); err != nil {
+			v.fail(base+".public_key", "%v", err)
+		} else if prev, dup := keys[k]; dup {
+			v.fail(base+".public_key", "same key as %s", prev)
+		} else {
+			keys[k] = base
+			p.PublicKey = k
+		}
+		p.OverlayAddr = v.overlayAddr(base+".overlay_addr", fp.OverlayAddr)
+		if p.OverlayAddr.IsValid() {
+			if prev, dup := addrs[p.OverlayAddr]; dup {
+				v.fail(base+".overlay_addr", "%s is already used by %s", p.OverlayAddr, prev)
+			} else {
+				addrs[p.OverlayAddr] = base + ".overlay_addr"
+			}
+		}
+		for j, s := range fp.Endpoints {
+			field := fmt.Sprintf("%s.endpoints[%d]", base, j)
+			ap, err := netip.ParseAddrPort(s)
+			switch {
+			case err != nil:
+				v.fail(field, "want IP:port (e.g. 198.18.0.1:51820 or [2001:db8::1]:51820), got %q", s)
+			case ap.Port() == 0:
+				v.fail(field, "port 0 is not a valid destination")
+			case !ap.Addr().IsGlobalUnicast() || ap.Addr().Zone() != "":
+				v.fail(field, "%s is not a unicast address", ap.Addr())
+			default:
+				p.Endpoints = append(p.Endpoints, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+			}
+		}
+		for j, s := range fp.Prefixes {
+			field := fmt.Sprintf("%s.prefixes[%d]", base, j)
+			if pfx, ok := v.lanPrefix(field, s); ok {
+				claim(field, pfx)
+				p.Prefixes = append(p.Prefixes, pfx)
+			}
+		}
+		if fp.Keepalive != "" {
+			d, err := time.ParseDuration(fp.Keepalive)
+			switch {
+			case err != nil:
+				v.fail(base+".keepalive", "want a duration such as \"25s\", got %q", fp.Keepalive)
+			case d < 0 || d > 65535*time.Second || d%time.Second != 0:
+				v.fail(base+".keepalive", "want whole seconds from 0s to 65535s, got %s", d)
+			default:
+				p.Keepalive = d
+			}
+		}
+		c.Peers = append(c.Peers, p)
+	}
+	return c
+}
+
+func (v *validator) overlayAddr(field, s string) netip.Addr {
+	if s == "" {
+		v.fail(field, "required (an address in %s)", OverlayRange)
+		return netip.Addr{}
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		v.fail(field, "want an IP address, got %q", s)
+		return netip.Addr{}
+	}
+	if !OverlayRange.Contains(a) {
+		v.fail(field, "%s is outside the overlay range %s", a, OverlayRange)
+		return netip.Addr{}
+	}
+	return a
+}
+
+func (v *validator) lanPrefix(field, s string) (netip.Prefix, bool) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		v.fail(field, "want a prefix such as 10.1.0.0/24, got %q", s)
+		return netip.Prefix{}, false
+	}
+	if p.Masked() != p {
+		v.fail(field, "%s has host bits set; did you mean %s?", p, p.Masked())
+		return netip.Prefix{}, false
+	}
+	if p.Bits() == 0 {
+		v.fail(field, "a default route (%s) is not a LAN prefix", p)
+		return netip.Prefix{}, false
+	}
+	if p.Overlaps(OverlayRange) {
+		v.fail(field, "%s overlaps the overlay range %s", p, OverlayRange)
+		return netip.Prefix{}, false
+	}
+	return p, true
+}
+
+// MarshalJSON writes the config in the file format that ParseConfig reads.
+func (c *Config) MarshalJSON() ([]byte, error) {
+	fc := fileConfig{
+		Name:        c.Name,
+		StateDir:    c.StateDir,
+		Interface:   c.Interface,
+		OverlayAddr: c.OverlayAddr.String(),
+		MTU:         c.MTU,
+		HTTPListen:  &c.HTTPListen,
+	}
+	port := int(c.ListenPort)
+	fc.ListenPort = &port
+	for _, p := range c.LANPrefixes {
+		fc.LANPrefixes = append(fc.LANPrefixes, p.String())
+	}
+	for _, p := range c.Peers {
+		fp := filePeer{Name: p.Name, PublicKey: p.PublicKey.String(), OverlayAddr: p.OverlayAddr.String()}
+		for _, e := range p.Endpoints {
+			fp.Endpoints = append(fp.Endpoints, e.String())
+		}
+		for _, x := range p.Prefixes {
+			fp.Prefixes = append(fp.Prefixes, x.String())
+		}
+		if p.Keepalive > 0 {
+			fp.Keepalive = p.Keepalive.String()
+		}
+		fc.Peers = append(fc.Peers, fp)
+	}
+	return json.MarshalIndent(fc, "", "  ")
+}
