@@ -371,4 +371,3 @@ func metric(t *testing.T, ns, series string) int {
 	t.Fatalf("%s not in metrics:\n%s", series, out)
 	return 0
 }
-
