@@ -108,7 +108,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 	}
 	log.Info("appliance up",
 		"name", cfg.Name, "interface", cfg.Interface, "overlay_addr", cfg.OverlayAddr.String(),
-		"listen_port", cfg.ListenPort, "mtu", a.mtu, "peers", len(cfg.Peers),
+		"listen_port", cfg.ListenPort, "mtu", a.mtu, "offloads", a.dev.Offloads(), "peers", len(cfg.Peers),
 		"public_key", pub.String(), "http_listen", cfg.HTTPListen)
 	return a, nil
 }

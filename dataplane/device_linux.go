@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -105,6 +106,11 @@ func New(opts Options) (_ *Device, err error) {
 	addr := &netlink.Addr{IPNet: prefixToIPNet(netip.PrefixFrom(opts.Address, bits))}
 	if err := netlink.AddrReplace(d.link, addr); err != nil {
 		return nil, fmt.Errorf("dataplane: assigning %s to %s: %w", opts.Address, opts.Interface, err)
+	}
+	// No IPv6 link-local address: the overlay is IPv4 and the kernel would
+	// otherwise send router and multicast solicitations into the tunnel.
+	if err := netlink.LinkSetIP6AddrGenMode(d.link, nl.IN6_ADDR_GEN_MODE_NONE); err != nil {
+		return nil, fmt.Errorf("dataplane: configuring %s: %w", opts.Interface, err)
 	}
 	if err := netlink.LinkSetUp(d.link); err != nil {
 		return nil, fmt.Errorf("dataplane: bringing %s up: %w", opts.Interface, err)
@@ -199,6 +205,10 @@ func (d *Device) Stats() ([]PeerStats, error) {
 	}
 	return stats, nil
 }
+
+// Offloads reports whether the TUN runs with segmentation offloads (TSO/
+// GRO through virtio headers), which lets it move many packets per call.
+func (d *Device) Offloads() bool { return d.tun.BatchSize() > 1 }
 
 // Unrouted counts inner packets that matched no peer (WireGuard drops them).
 func (d *Device) Unrouted() Counters { return d.tun.unrouted.load() }
