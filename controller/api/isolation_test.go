@@ -1,0 +1,111 @@
+package api
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestTenantIsolation walks every route with a tenant-admin token of tenant
+// A against tenant B's resources: everything of B's is 404, and no answer
+// mentions B. A route added without a case here fails the test.
+func TestTenantIsolation(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{})
+	_, _, tokA := e.setupTenant("acme", "10.1.0.0/24")
+	bID, bSite, tokB := e.setupTenant("globex", "10.1.0.0/24")
+	e.enroll(tokA, "a-1")
+	bApp, _, _ := e.enroll(tokB, "b-1")
+	bET := e.must(201, "POST", "/api/v1/tenants/globex/enrollment-tokens", e.op, map[string]any{"site": "hq"})["id"].(string)
+	bAT := e.must(201, "POST", "/api/v1/tenants/globex/api-tokens", e.op, nil)["id"].(string)
+	adminA := e.must(201, "POST", "/api/v1/tenants/acme/api-tokens", e.op, nil)["token"].(string)
+	secretsOfB := []string{bID, bSite, bApp, bET, bAT, "globex", "b-1"}
+
+	// What a tenant-scoped route gets for each of B's path parameters.
+	params := map[string]string{"{site}": bSite, "{appliance}": bApp, "{token}": bET, "{apitoken}": bAT}
+	bodies := map[string]any{
+		"POST /api/v1/tenants/{tenant}/sites":                   map[string]any{"name": "x", "kind": "home"},
+		"PATCH /api/v1/tenants/{tenant}/sites/{site}":           map[string]any{"kind": "home"},
+		"POST /api/v1/tenants/{tenant}/enrollment-tokens":       map[string]any{"site": "hq"},
+		"PATCH /api/v1/tenants/{tenant}/appliances/{appliance}": map[string]any{"endpoints": []string{}},
+	}
+	// Routes without a tenant in the path, and what A's token gets there.
+	unscoped := map[string]int{
+		"GET /healthz":                         200,
+		"GET /readyz":                          200,
+		"GET /metrics":                         200,
+		"GET /api/v1/openapi.json":             200,
+		"GET /api/v1/tenants":                  200, // lists A only: checked below
+		"POST /api/v1/tenants":                 403,
+		"GET /api/v1/api-tokens":               403,
+		"POST /api/v1/api-tokens":              403,
+		"DELETE /api/v1/api-tokens/{apitoken}": 403,
+		"POST /api/v1/enroll":                  422, // no API token involved
+		"GET /api/v1/sync":                     401, // device credential only
+	}
+
+	checked := 0
+	for _, rt := range e.api.routes() {
+		method, path, _ := strings.Cut(rt.pattern, " ")
+		if !strings.Contains(path, "{tenant}") {
+			want, ok := unscoped[rt.pattern]
+			if !ok {
+				t.Errorf("route %s has no isolation case", rt.pattern)
+				continue
+			}
+			p := strings.ReplaceAll(path, "{apitoken}", bAT)
+			r := e.do(method, p, adminA, map[string]any{})
+			if r.status != want {
+				t.Errorf("%s with A's token: %d, want %d\n%s", rt.pattern, r.status, want, r.body)
+			}
+			if method != "GET" || !strings.HasPrefix(path, "/api/v1/tenants") {
+				continue
+			}
+			for _, s := range secretsOfB {
+				if strings.Contains(string(r.body), s) {
+					t.Errorf("%s with A's token mentions %q", rt.pattern, s)
+				}
+			}
+			continue
+		}
+		body := bodies[rt.pattern]
+		// B's tenant by id and by name; and A's own tenant with B's
+		// sub-resources.
+		sub := strings.Contains(strings.TrimPrefix(path, "/api/v1/tenants/{tenant}"), "{")
+		for _, tenant := range []string{bID, "globex", "acme"} {
+			if tenant == "acme" && !sub {
+				continue // nothing of B's left in the path
+			}
+			p := strings.ReplaceAll(path, "{tenant}", tenant)
+			for k, v := range params {
+				p = strings.ReplaceAll(p, k, v)
+			}
+			checked++
+			r := e.do(method, p, adminA, body)
+			if r.status != http.StatusNotFound {
+				t.Errorf("%s %s with A's token: %d, want 404\n%s", method, p, r.status, r.body)
+				continue
+			}
+			problem(t, r, 404, "not-found")
+			for _, s := range secretsOfB {
+				if strings.Contains(string(r.body), s) && !strings.Contains(p, s) {
+					t.Errorf("%s %s: 404 mentions %q", method, p, s)
+				}
+			}
+		}
+	}
+	if checked < 40 {
+		t.Errorf("only %d tenant-scoped requests checked", checked)
+	}
+	lst := e.must(200, "GET", "/api/v1/tenants", adminA, nil)
+	if items := lst["items"].([]any); len(items) != 1 || items[0].(map[string]any)["name"] != "acme" {
+		t.Errorf("A lists tenants %v", items)
+	}
+	// And nothing of B's changed.
+	if m := e.must(200, "GET", "/api/v1/tenants/globex/sites/hq", e.op, nil); m["kind"] != "office" {
+		t.Errorf("B's site changed: %v", m)
+	}
+	if m := e.must(200, "GET", "/api/v1/tenants/globex/appliances/b-1", e.op, nil); m["state"] != "active" {
+		t.Errorf("B's appliance changed: %v", m)
+	}
+}

@@ -1,0 +1,119 @@
+package api
+
+import (
+	"time"
+
+	"github.com/causeway-net/causeway/controller/state"
+	"github.com/causeway-net/causeway/controller/store"
+)
+
+// The response bodies. Times are RFC 3339 in UTC; an absent time is
+// omitted.
+
+type list[T any] struct {
+	Items []T `json:"items"`
+}
+
+func listOf[S, T any](in []S, view func(S) T) list[T] {
+	out := list[T]{Items: make([]T, len(in))}
+	for i, v := range in {
+		out.Items[i] = view(v)
+	}
+	return out
+}
+
+func ts(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+type tenantView struct {
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	CreatedAt *time.Time `json:"created_at"`
+}
+
+func viewTenant(t *store.Tenant) tenantView {
+	return tenantView{ID: t.ID, Name: t.Name, CreatedAt: ts(t.CreatedAt)}
+}
+
+type siteView struct {
+	ID          string     `json:"id"`
+	TenantID    string     `json:"tenant_id"`
+	Name        string     `json:"name"`
+	Kind        string     `json:"kind"`
+	LANPrefixes []string   `json:"lan_prefixes"`
+	CreatedAt   *time.Time `json:"created_at"`
+}
+
+func viewSite(s *store.Site) siteView {
+	v := siteView{ID: s.ID, TenantID: s.TenantID, Name: s.Name, Kind: string(s.Kind), LANPrefixes: []string{}, CreatedAt: ts(s.CreatedAt)}
+	for _, p := range s.LANPrefixes {
+		v.LANPrefixes = append(v.LANPrefixes, p.String())
+	}
+	return v
+}
+
+type applianceView struct {
+	ID            string     `json:"id"`
+	TenantID      string     `json:"tenant_id"`
+	SiteID        string     `json:"site_id"`
+	Name          string     `json:"name"`
+	PublicKey     string     `json:"public_key"`
+	OverlayAddr   string     `json:"overlay_addr"`
+	Endpoints     []string   `json:"endpoints"`
+	State         string     `json:"state"`
+	Connected     bool       `json:"connected"`
+	NetmapVersion uint64     `json:"netmap_version"`
+	CreatedAt     *time.Time `json:"created_at"`
+	LastSeenAt    *time.Time `json:"last_seen_at,omitempty"`
+	RevokedAt     *time.Time `json:"revoked_at,omitempty"`
+}
+
+func viewAppliance(a *state.ApplianceInfo) applianceView {
+	v := applianceView{ID: a.ID, TenantID: a.TenantID, SiteID: a.SiteID, Name: a.Name, PublicKey: a.PublicKey.String(),
+		OverlayAddr: a.OverlayAddr.String(), Endpoints: []string{}, State: string(a.State), Connected: a.Connected,
+		NetmapVersion: a.NetmapVersion, CreatedAt: ts(a.CreatedAt), LastSeenAt: ts(a.LastSeenAt), RevokedAt: ts(a.RevokedAt)}
+	for _, e := range a.Endpoints {
+		v.Endpoints = append(v.Endpoints, e.String())
+	}
+	return v
+}
+
+type enrollmentTokenView struct {
+	ID          string     `json:"id"`
+	TenantID    string     `json:"tenant_id"`
+	SiteID      string     `json:"site_id"`
+	Description string     `json:"description"`
+	CreatedAt   *time.Time `json:"created_at"`
+	ExpiresAt   *time.Time `json:"expires_at"`
+	UsedAt      *time.Time `json:"used_at,omitempty"`
+	ApplianceID string     `json:"appliance_id,omitempty"`
+	// Token is the secret, present only in the response that creates it.
+	Token string `json:"token,omitempty"`
+}
+
+func viewEnrollmentToken(e *store.EnrollmentToken) enrollmentTokenView {
+	return enrollmentTokenView{ID: e.ID, TenantID: e.TenantID, SiteID: e.SiteID, Description: e.Description,
+		CreatedAt: ts(e.CreatedAt), ExpiresAt: ts(e.ExpiresAt), UsedAt: ts(e.UsedAt), ApplianceID: e.ApplianceID}
+}
+
+type apiTokenView struct {
+	ID          string     `json:"id"`
+	Scope       string     `json:"scope"`
+	TenantID    string     `json:"tenant_id,omitempty"`
+	Description string     `json:"description"`
+	CreatedAt   *time.Time `json:"created_at"`
+	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
+	LastUsedAt  *time.Time `json:"last_used_at,omitempty"`
+	// Token is the secret, present only in the response that creates it.
+	Token string `json:"token,omitempty"`
+}
+
+func viewAPIToken(a *store.APIToken) apiTokenView {
+	return apiTokenView{ID: a.ID, Scope: string(a.Scope), TenantID: a.TenantID, Description: a.Description,
+		CreatedAt: ts(a.CreatedAt), ExpiresAt: ts(a.ExpiresAt), LastUsedAt: ts(a.LastUsedAt)}
+}

@@ -1,0 +1,4 @@
+package store
+
+// MigrateDownTo exposes the down migrations to the tests.
+var MigrateDownTo = (*Store).migrateDownTo
