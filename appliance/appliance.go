@@ -122,10 +122,11 @@ func (a *Appliance) MTU() int { return a.mtu }
 // Device is the running dataplane.
 func (a *Appliance) Device() *dataplane.Device { return a.dev }
 
-// Apply moves a running appliance to a new config. Peers, their endpoints
-// and prefixes change in place; a change of name, state directory,
-// interface, overlay address, port, MTU or HTTP address needs a restart and
-// is refused, leaving the running config untouched.
+// Apply moves a running appliance to a new config. Peers (with their
+// endpoints and prefixes), the name and the LAN prefixes change in place; a
+// change of state directory, interface, overlay address, port, MTU or HTTP
+// address needs a restart and is refused, leaving the running config
+// untouched.
 func (a *Appliance) Apply(cfg *Config) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -136,7 +137,6 @@ func (a *Appliance) Apply(cfg *Config) error {
 			errs = append(errs, &FieldError{Field: field, Msg: "cannot change while running; restart the appliance"})
 		}
 	}
-	fixed("name", old.Name == cfg.Name)
 	fixed("state_dir", old.StateDir == cfg.StateDir)
 	fixed("interface", old.Interface == cfg.Interface)
 	fixed("overlay_addr", old.OverlayAddr == cfg.OverlayAddr)

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/causeway-net/causeway/appliance"
@@ -15,35 +17,79 @@ func runAppliance(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "pubkey" {
 		return runAppliancePubkey(args[1:])
 	}
-	fs := newFlagSet("appliance", `appliance --config FILE [--check]
+	fs := newFlagSet("appliance", `appliance --controller URL --state-dir DIR [--token T] [flags]
+       causeway appliance --config FILE [--check]
        causeway appliance pubkey --state-dir DIR
 
-Runs the site appliance in the foreground from a JSON config file (see
-docs/appliance.md). On first start it generates the WireGuard private key in
-the config's state_dir (mode 0600); the key is never printed. SIGHUP reloads
-the config file (peers and prefixes change in place; a bad file is logged and
-the running config kept). SIGTERM or SIGINT removes everything the appliance
-added and exits. Logs are JSON on stdout.
+Runs the site appliance in the foreground (see docs/appliance.md). It
+generates its WireGuard private key in the state directory on first start
+(mode 0600); the key never leaves the device and is never printed.
+
+Managed by a controller (--controller): the first start enrolls with the
+one-time --token and keeps the device credential in the state directory;
+later starts need no token. The appliance follows the controller over one
+long-poll and keeps the overlay running on the last netmap it applied when
+the controller is unreachable, also across its own restart.
+
+From a static file (--config): SIGHUP reloads the file (peers and prefixes
+change in place; a bad file is logged and the running config kept).
+
+SIGTERM or SIGINT removes everything the appliance added and exits. Logs are
+JSON on stdout.
 
 'pubkey' prints the public key of the appliance that uses DIR, creating the
 key if there is none yet.
 
 Flags:`)
-	configPath := fs.String("config", envDefault("CAUSEWAY_CONFIG", ""), "config file (env CAUSEWAY_CONFIG)")
-	check := fs.Bool("check", false, "validate the config file and exit")
+	configPath := fs.String("config", envDefault("CAUSEWAY_CONFIG", ""), "static config file (env CAUSEWAY_CONFIG)")
+	check := fs.Bool("check", false, "with --config: validate the file and exit")
+	controller := fs.String("controller", envDefault("CAUSEWAY_CONTROLLER", ""), "controller base URL, e.g. https://ctl.example:8443 (env CAUSEWAY_CONTROLLER)")
+	token := fs.String("token", envDefault("CAUSEWAY_TOKEN", ""), "one-time enrollment token, needed on the first start only (env CAUSEWAY_TOKEN)")
+	caPin := fs.String("ca-fingerprint", envDefault("CAUSEWAY_CA_FINGERPRINT", ""), "SHA-256 of the controller's CA certificate, hex; empty trusts the system roots (env CAUSEWAY_CA_FINGERPRINT)")
+	stateDir := fs.String("state-dir", envDefault("CAUSEWAY_STATE_DIR", "/var/lib/causeway"), "with --controller: directory for the key, credential and last netmap (env CAUSEWAY_STATE_DIR)")
+	name := fs.String("name", envDefault("CAUSEWAY_NAME", ""), "with --controller: appliance name to ask for at enrollment (env CAUSEWAY_NAME)")
+	endpoints := fs.String("endpoints", envDefault("CAUSEWAY_ENDPOINTS", ""), "with --controller: comma-separated IP:port where peers reach this appliance; empty if it only dials out (env CAUSEWAY_ENDPOINTS)")
+	iface := fs.String("interface", envDefault("CAUSEWAY_INTERFACE", appliance.DefaultInterface), "with --controller: overlay interface name (env CAUSEWAY_INTERFACE)")
+	port := fs.Uint("listen-port", appliance.DefaultListenPort, "with --controller: WireGuard UDP port (env CAUSEWAY_LISTEN_PORT)")
+	mtu := fs.Int("mtu", 0, "with --controller: overlay MTU, 0 derives it (env CAUSEWAY_MTU)")
+	httpListen := fs.String("http-listen", envDefault("CAUSEWAY_HTTP_LISTEN", appliance.DefaultHTTPListen), "with --controller: address for /healthz and /metrics, empty disables (env CAUSEWAY_HTTP_LISTEN)")
 	logLevel := fs.String("log-level", envDefault("CAUSEWAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CAUSEWAY_LOG_LEVEL)")
+	if err := flagsFromEnv(fs, map[string]string{"listen-port": "CAUSEWAY_LISTEN_PORT", "mtu": "CAUSEWAY_MTU"}); err != nil {
+		return err
+	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
-	if *configPath == "" {
-		return usagef("--config is required")
+	if (*configPath == "") == (*controller == "") {
+		return usagef("give exactly one of --controller or --config")
 	}
 	log, err := newLogger(*logLevel)
 	if err != nil {
 		return err
+	}
+	if *controller != "" {
+		if *port == 0 || *port > 65535 {
+			return usagef("--listen-port: want 1-65535, got %d", *port)
+		}
+		var eps []netip.AddrPort
+		for _, s := range strings.Split(*endpoints, ",") {
+			if s = strings.TrimSpace(s); s == "" {
+				continue
+			}
+			ep, err := netip.ParseAddrPort(s)
+			if err != nil {
+				return usagef("--endpoints: want IP:port, got %q", s)
+			}
+			eps = append(eps, ep)
+		}
+		return appliance.RunManaged(ctx, appliance.ManagedOptions{
+			Local:      appliance.Local{StateDir: *stateDir, Interface: *iface, ListenPort: uint16(*port), MTU: *mtu, HTTPListen: *httpListen},
+			Controller: *controller, CAFingerprint: *caPin, Token: *token, Name: *name, Endpoints: eps,
+			Logger: log,
+		})
 	}
 	cfg, err := appliance.LoadConfig(*configPath)
 	if err != nil {

@@ -118,6 +118,20 @@ func envDefault(key, def string) string {
 	return def
 }
 
+// flagsFromEnv sets flags from CAUSEWAY_* variables (flag name -> variable)
+// before the command line is parsed, so that the command line overrides
+// them and a bad value is reported with the variable's name.
+func flagsFromEnv(fs *flag.FlagSet, vars map[string]string) error {
+	for name, key := range vars {
+		if v, ok := os.LookupEnv(key); ok {
+			if err := fs.Set(name, v); err != nil {
+				return usagef("%s=%q: %v", key, v, err)
+			}
+		}
+	}
+	return nil
+}
+
 func runVersion(ctx context.Context, args []string) error {
 	fmt.Println("causeway", version)
 	return nil

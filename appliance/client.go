@@ -1,0 +1,262 @@
+package appliance
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/causeway-net/causeway/controller/netmap"
+	"github.com/causeway-net/causeway/dataplane/wgkey"
+)
+
+// EnrollmentFile keeps the device credential inside the state directory.
+const EnrollmentFile = "enrollment.json"
+
+// Enrollment is what an enrolled appliance remembers about its controller.
+// The file is 0600: the credential is as good as the device's identity.
+type Enrollment struct {
+	Controller    string `json:"controller"`
+	ApplianceID   string `json:"appliance_id"`
+	Name          string `json:"name"`
+	Credential    string `json:"credential"`
+	CAFingerprint string `json:"ca_fingerprint,omitempty"`
+}
+
+// LoadEnrollment returns the saved enrollment, or (nil, nil) if the
+// appliance has not enrolled yet.
+func LoadEnrollment(stateDir string) (*Enrollment, error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, EnrollmentFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var e Enrollment
+	if err := json.Unmarshal(b, &e); err != nil || e.Credential == "" || e.Controller == "" {
+		return nil, fmt.Errorf("%s is damaged; remove it to enroll again", filepath.Join(stateDir, EnrollmentFile))
+	}
+	return &e, nil
+}
+
+func saveEnrollment(stateDir string, e *Enrollment) error {
+	b, err := json.MarshalIndent(e, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(stateDir, EnrollmentFile), b, 0o600)
+}
+
+// Client talks to the controller's appliance endpoints.
+type Client struct {
+	base *url.URL
+	http *http.Client
+	cred string
+}
+
+// ClientOptions configure NewClient.
+type ClientOptions struct {
+	// Controller is the base URL, e.g. https://controller.example:8443.
+	Controller string
+	// CAFingerprint, if set, pins the controller's CA: the hex SHA-256 of
+	// the CA certificate, which must be in the chain the controller sends
+	// and must have signed its certificate. Empty means the system roots.
+	CAFingerprint string
+	// Credential is the device credential for Sync; empty before enrollment.
+	Credential string
+}
+
+// NewClient checks the URL and builds the HTTP client.
+func NewClient(o ClientOptions) (*Client, error) {
+	u, err := url.Parse(o.Controller)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("controller URL: want https://host[:port], got %q", o.Controller)
+	}
+	tr := &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   5 * time.Second,
+		ResponseHeaderTimeout: 0, // long polls
+		IdleConnTimeout:       90 * time.Second,
+		ForceAttemptHTTP2:     true,
+	}
+	if o.CAFingerprint != "" {
+		pin, err := hex.DecodeString(strings.ReplaceAll(o.CAFingerprint, ":", ""))
+		if err != nil || len(pin) != sha256.Size {
+			return nil, fmt.Errorf("CA fingerprint: want 64 hex digits (SHA-256), got %q", o.CAFingerprint)
+		}
+		tr.TLSClientConfig = pinnedTLS(pin)
+	}
+	return &Client{base: u, http: &http.Client{Transport: tr}, cred: o.Credential}, nil
+}
+
+// pinnedTLS verifies the server against the one CA whose certificate
+// hashes to pin. The CA certificate comes from the server's own chain;
+// the pin is what makes it trusted.
+func pinnedTLS(pin []byte) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // replaced by VerifyConnection below
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("controller sent no certificate")
+			}
+			roots := x509.NewCertPool()
+			found := false
+			for _, c := range cs.PeerCertificates {
+				sum := sha256.Sum256(c.Raw)
+				if bytes.Equal(sum[:], pin) && c.IsCA {
+					roots.AddCert(c)
+					found = true
+				}
+			}
+			if !found {
+				return errors.New("controller's certificate chain does not contain the pinned CA")
+			}
+			inter := x509.NewCertPool()
+			for _, c := range cs.PeerCertificates[1:] {
+				inter.AddCert(c)
+			}
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+				DNSName: cs.ServerName, Roots: roots, Intermediates: inter,
+			})
+			return err
+		},
+	}
+}
+
+// APIError is a refusal from the controller (an RFC 9457 problem).
+type APIError struct {
+	Status int
+	Title  string
+	Detail string
+}
+
+func (e *APIError) Error() string {
+	msg := e.Title
+	if e.Detail != "" {
+		msg += ": " + e.Detail
+	}
+	return fmt.Sprintf("controller answered %d: %s", e.Status, msg)
+}
+
+// Permanent reports whether retrying the same request cannot help.
+func (e *APIError) Permanent() bool {
+	return e.Status >= 400 && e.Status < 500 && e.Status != http.StatusTooManyRequests && e.Status != http.StatusRequestTimeout
+}
+
+func apiError(resp *http.Response) error {
+	var p struct {
+		Title  string `json:"title"`
+		Detail string `json:"detail"`
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(b, &p) != nil || p.Title == "" {
+		p.Title = http.StatusText(resp.StatusCode)
+	}
+	return &APIError{Status: resp.StatusCode, Title: p.Title, Detail: p.Detail}
+}
+
+// EnrollRequest is what the appliance sends to enroll.
+type EnrollRequest struct {
+	Token     string
+	Name      string // empty: the controller picks one
+	PublicKey wgkey.PublicKey
+	Endpoints []netip.AddrPort
+}
+
+// Enroll spends a one-time token. It returns the enrollment to save (the
+// credential is shown only this once) and the first netmap.
+func (c *Client) Enroll(ctx context.Context, req EnrollRequest) (*Enrollment, *netmap.Netmap, error) {
+	body := map[string]any{"token": req.Token, "public_key": req.PublicKey.String(), "endpoints": strs(req.Endpoints)}
+	if req.Name != "" {
+		body["name"] = req.Name
+	}
+	b, _ := json.Marshal(body)
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base.JoinPath("/api/v1/enroll").String(), bytes.NewReader(b))
+	if err != nil {
+		return nil, nil, err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(hreq)
+	if err != nil {
+		return nil, nil, fmt.Errorf("enrolling: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
+		return nil, nil, fmt.Errorf("enrolling: %w", apiError(resp))
+	}
+	var out struct {
+		Appliance struct {
+			ID   string `json:"id"`
+			Name string `json:"name"`
+		} `json:"appliance"`
+		Credential string          `json:"credential"`
+		Netmap     json.RawMessage `json:"netmap"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, netmap.MaxSize)).Decode(&out); err != nil {
+		return nil, nil, fmt.Errorf("enrolling: bad answer: %w", err)
+	}
+	if out.Credential == "" {
+		return nil, nil, errors.New("enrolling: the controller sent no credential")
+	}
+	nm, err := netmap.Decode(out.Netmap)
+	if err != nil {
+		return nil, nil, fmt.Errorf("enrolling: %w", err)
+	}
+	c.cred = out.Credential
+	return &Enrollment{Controller: c.base.String(), ApplianceID: out.Appliance.ID, Name: out.Appliance.Name, Credential: out.Credential}, nm, nil
+}
+
+// Sync long-polls for a netmap newer than since. It returns (nil, nil)
+// when the wait ended with nothing new.
+func (c *Client) Sync(ctx context.Context, since uint64, wait time.Duration) (*netmap.Netmap, error) {
+	u := c.base.JoinPath("/api/v1/sync")
+	u.RawQuery = url.Values{"since": {strconv.FormatUint(since, 10)}, "wait": {wait.String()}}.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cred)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNoContent:
+		return nil, nil
+	case http.StatusOK:
+		b, err := io.ReadAll(io.LimitReader(resp.Body, netmap.MaxSize+1))
+		if err != nil {
+			return nil, err
+		}
+		return netmap.Decode(b)
+	}
+	return nil, apiError(resp)
+}
+
+func strs[T fmt.Stringer](vs []T) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = v.String()
+	}
+	return out
+}

@@ -1,0 +1,123 @@
+package appliance
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/causeway-net/causeway/controller/netmap"
+)
+
+// NetmapFile is where a controller-managed appliance keeps the last netmap
+// it applied, inside its state directory. It is what lets the overlay come
+// back with the controller unreachable (fail-static).
+const NetmapFile = "netmap.json"
+
+// Local holds the settings a controller-managed appliance decides for
+// itself; everything else comes from the netmap.
+type Local struct {
+	StateDir   string
+	Interface  string // "" means DefaultInterface
+	ListenPort uint16 // 0 means DefaultListenPort
+	MTU        int    // 0 means AutoMTU
+	HTTPListen string
+}
+
+// ConfigFromNetmap builds the appliance config for nm. The result passes
+// the same validation as a config file, so a netmap that would not make a
+// valid file is refused with the same field-naming errors.
+func ConfigFromNetmap(l Local, nm *netmap.Netmap) (*Config, error) {
+	c := &Config{
+		Name: nm.Name, StateDir: l.StateDir, Interface: l.Interface, OverlayAddr: nm.OverlayAddr,
+		ListenPort: l.ListenPort, MTU: l.MTU, LANPrefixes: nm.LANPrefixes, HTTPListen: l.HTTPListen,
+	}
+	if c.Interface == "" {
+		c.Interface = DefaultInterface
+	}
+	if c.ListenPort == 0 {
+		c.ListenPort = DefaultListenPort
+	}
+	for _, p := range nm.Peers {
+		c.Peers = append(c.Peers, PeerConfig{
+			Name: p.Name, PublicKey: p.PublicKey, OverlayAddr: p.OverlayAddr,
+			Endpoints: p.Endpoints, Prefixes: p.Prefixes, Keepalive: p.Keepalive,
+		})
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("netmap version %d: %w", nm.Version, err)
+	}
+	return cfg, nil
+}
+
+// SaveNetmap writes nm to the state directory atomically: a crash leaves
+// either the old or the new file, never a torn one.
+func SaveNetmap(stateDir string, nm *netmap.Netmap) error {
+	b, err := json.Marshal(nm)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(stateDir, NetmapFile), b, 0o600)
+}
+
+// LoadNetmap reads the last applied netmap; it returns (nil, nil) if there
+// is none yet.
+func LoadNetmap(stateDir string) (*netmap.Netmap, error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, NetmapFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	nm, err := netmap.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("saved netmap %s: %w", filepath.Join(stateDir, NetmapFile), err)
+	}
+	return nm, nil
+}
+
+// writeFileAtomic writes data to path through a synced temporary file in
+// the same directory and a rename.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
