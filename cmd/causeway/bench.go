@@ -1,8 +1,150 @@
 package main
 
-import "context"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
 
-// runBench is a placeholder until its subcommand lands.
+	"github.com/causeway-net/causeway/lab"
+	"github.com/causeway-net/causeway/lab/bench"
+)
+
+const benchSynopsis = `bench <benchmark> [flags]
+
+Benchmarks:
+  dataplane  TCP throughput and added round-trip time through the overlay,
+             Causeway against the stock wireguard-go daemon
+
+Run 'causeway bench <benchmark> --help' for its flags.`
+
 func runBench(ctx context.Context, args []string) error {
-	return usagef("not built yet")
+	if len(args) == 0 {
+		return usagef("which benchmark? (see 'causeway bench --help')")
+	}
+	switch args[0] {
+	case "dataplane":
+		return runBenchDataplane(ctx, args[1:])
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintf(os.Stderr, "Usage: causeway %s\n", benchSynopsis)
+		return nil
+	}
+	return usagef("unknown benchmark %q (see 'causeway bench --help')", args[0])
+}
+
+const benchDataplaneSynopsis = `bench dataplane [flags]
+
+Builds a lab (see 'causeway lab'; needs root) and measures, from office-1-host
+to vpc-1-backend-1, TCP throughput with iperf3 (1 stream and 4 streams,
+receiver side) and the round-trip time the tunnel adds between office-1 and
+vpc-1 (median ping RTT through the tunnel minus the underlay's). It measures
+the Causeway appliances, then the same path with the stock wireguard-go
+daemon (built from the version go.mod pins, unless --wireguard-go names one)
+configured identically with wg and ip; the two alternate over several rounds.
+It prints every round, the medians and the ratio Causeway/stock, and takes the
+lab down at the end, also on Ctrl-C. Needs iperf3, ping (iputils-ping), wg
+(wireguard-tools), ip (iproute2) and sysctl (procps). See docs/benchmarks.md.
+
+Flags:`
+
+func runBenchDataplane(ctx context.Context, args []string) error {
+	fs := newFlagSet("bench dataplane", benchDataplaneSynopsis)
+	rounds := fs.Int("rounds", bench.DefaultRounds, "rounds; each measures both dataplanes")
+	duration := fs.Duration("duration", bench.DefaultDuration, "measured length of each iperf3 test (whole seconds)")
+	omit := fs.Duration("omit", time.Second, "warm-up at the start of each iperf3 test, left out of the figures (whole seconds)")
+	streams := fs.String("streams", "1,4", "comma-separated iperf3 parallel stream counts, one test each")
+	pings := fs.Int("pings", bench.DefaultPings, "echo requests per RTT measurement")
+	pingInterval := fs.Duration("ping-interval", bench.DefaultPingInterval, "time between echo requests")
+	instance := fs.String("instance", "bench", "lab instance name, 1-8 lower-case letters and digits")
+	stateRoot := fs.String("state-root", envDefault("CAUSEWAY_LAB_STATE_ROOT", lab.DefaultStateRoot),
+		"directory holding each lab instance's state (env CAUSEWAY_LAB_STATE_ROOT)")
+	wgPath := fs.String("wireguard-go", "", "prebuilt stock wireguard-go daemon to compare with (default: build it from go.mod, which needs the source tree and the go command)")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	verbose := fs.Bool("verbose", false, "log the lab's progress and every command the bench runs")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	if !lab.ValidInstance(*instance) {
+		return usagef("--instance %q: want 1-8 lower-case letters and digits", *instance)
+	}
+	counts, err := parseStreams(*streams)
+	if err != nil {
+		return err
+	}
+	opts := bench.Options{
+		Rounds:       *rounds,
+		Duration:     *duration,
+		Omit:         *omit,
+		Streams:      counts,
+		Pings:        *pings,
+		PingInterval: *pingInterval,
+		WireGuardGo:  *wgPath,
+		Progress:     os.Stderr,
+	}
+	if err := opts.Check(); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("the lab needs root (network namespaces)")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("finding the causeway binary: %w", err)
+	}
+	opts.CausewayBinary = exe
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	opts.Logger = log
+
+	fmt.Fprintf(os.Stderr, "building lab instance %q\n", *instance)
+	l, err := lab.Up(ctx, lab.Options{
+		Instance: *instance, StateRoot: *stateRoot, Binary: exe, OwnerPID: os.Getpid(), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	res, err := bench.Run(ctx, l, opts)
+	if derr := l.Down(); derr != nil {
+		err = errors.Join(err, fmt.Errorf("taking the lab down: %w", derr))
+	}
+	if res != nil {
+		if perr := printBench(res, *asJSON); perr != nil {
+			err = errors.Join(err, perr)
+		}
+	}
+	return err
+}
+
+func printBench(res *bench.Result, asJSON bool) error {
+	if !asJSON {
+		return res.WriteText(os.Stdout)
+	}
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(res)
+}
+
+// parseStreams reads a list such as "1,4".
+func parseStreams(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, usagef("--streams: want positive integers separated by commas, got %q", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

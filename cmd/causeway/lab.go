@@ -1,8 +1,371 @@
 package main
 
-import "context"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
 
-// runLab is a placeholder until its subcommand lands.
+	"github.com/causeway-net/causeway/lab"
+)
+
+// labCommands are the subcommands of `causeway lab`. nsexec and serve-http
+// are left out of the help: they are what the lab itself runs inside its
+// namespaces.
+var labCommands = map[string]func(ctx context.Context, args []string) error{
+	"up":         runLabUp,
+	"status":     runLabStatus,
+	"down":       runLabDown,
+	"exec":       runLabExec,
+	"nsexec":     runLabNsexec,
+	"serve-http": runLabServeHTTP,
+}
+
+const labSynopsis = `lab [command] [flags]
+
+Builds a demo Causeway overlay in network namespaces on this machine (needs
+root): an Internet router, an office, a cloud VPC with a web backend and a
+home network behind NAT, each site with its own appliance. Nothing is
+configured outside the namespaces, which are named cw-<instance>-<node>.
+See docs/lab.md.
+
+Without a command, builds the lab, prints what to try, and takes it down
+again on Ctrl-C or SIGTERM.
+
+Commands:
+  up      build the lab and leave it running
+  status  show a running lab (--json for scripts)
+  down    take a lab down (--all: every lab that no live process owns)
+  exec    run a command inside a node's namespace
+
+Run 'causeway lab <command> --help' for a command's flags.
+
+Flags:`
+
 func runLab(ctx context.Context, args []string) error {
-	return usagef("not built yet")
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		run, ok := labCommands[args[0]]
+		if !ok {
+			return usagef("unknown lab command %q (see 'causeway lab --help')", args[0])
+		}
+		return run(ctx, args[1:])
+	}
+	fs := newFlagSet("lab", labSynopsis)
+	lf := addLabFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q: put flags after the command (see 'causeway lab --help')", fs.Arg(0))
+	}
+	if err := lf.check(); err != nil {
+		return err
+	}
+	l, err := lab.Up(ctx, lab.Options{
+		Instance:  lf.instance,
+		StateRoot: lf.stateRoot,
+		OwnerPID:  os.Getpid(),
+		Logger:    labLogger(),
+	})
+	if err != nil {
+		return err
+	}
+	if err := printLabUp(os.Stdout, l, lf, "Press Ctrl-C to take the lab down."); err != nil {
+		l.Down()
+		return err
+	}
+	<-ctx.Done()
+	fmt.Fprintln(os.Stderr, "taking the lab down")
+	return l.Down()
+}
+
+// labFlags are the flags every lab command shares.
+type labFlags struct {
+	instance  string
+	stateRoot string
+}
+
+func addLabFlags(fs *flag.FlagSet) *labFlags {
+	lf := &labFlags{}
+	fs.StringVar(&lf.instance, "instance", labEnv("CAUSEWAY_LAB_INSTANCE", lab.DefaultInstance),
+		"instance name, 1-8 lower-case letters and digits (env CAUSEWAY_LAB_INSTANCE)")
+	fs.StringVar(&lf.stateRoot, "state-root", labEnv("CAUSEWAY_LAB_STATE_ROOT", lab.DefaultStateRoot),
+		"directory holding each instance's state (env CAUSEWAY_LAB_STATE_ROOT)")
+	return lf
+}
+
+// labEnv is envDefault, with an empty variable meaning the default too.
+func labEnv(key, def string) string {
+	if v := envDefault(key, def); v != "" {
+		return v
+	}
+	return def
+}
+
+// check validates the flags, as a usage error.
+func (lf *labFlags) check() error {
+	if !lab.ValidInstance(lf.instance) {
+		return usagef("--instance %q: want 1-8 lower-case letters and digits", lf.instance)
+	}
+	if !strings.HasPrefix(lf.stateRoot, "/") {
+		return usagef("--state-root %q: want an absolute path", lf.stateRoot)
+	}
+	return nil
+}
+
+// flagArgs are the flags to repeat in the commands printed for the user.
+func (lf *labFlags) flagArgs() string {
+	var s string
+	if lf.instance != lab.DefaultInstance {
+		s += " --instance " + lf.instance
+	}
+	if lf.stateRoot != lab.DefaultStateRoot {
+		s += " --state-root " + lf.stateRoot
+	}
+	return s
+}
+
+// labLogger prints progress for a person at the terminal.
+func labLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+func printLabUp(w io.Writer, l *lab.Lab, lf *labFlags, last string) error {
+	st := l.Status()
+	if err := st.WriteText(w); err != nil {
+		return err
+	}
+	f := lf.flagArgs()
+	url := st.Services[0].URL
+	fmt.Fprintf(w, "\nThe lab is up. Try:\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, hint := range [][2]string{
+		{"office-1-host -- curl -s " + url, "the office reaches the VPC backend"},
+		{"home-1-host -- curl -s " + url, "so does the home, from behind NAT"},
+		{"office-1-host -- curl -s -m 2 http://10.99.0.10/", "no site announces 10.99.0.0/24"},
+		{"office-1 -- ip route", "the overlay routes, via cw0"},
+		{"office-1 -- curl -s http://127.0.0.1:9180/metrics", "per-peer counters"},
+	} {
+		fmt.Fprintf(tw, "  causeway lab exec%s %s\t# %s\n", f, hint[0], hint[1])
+	}
+	tw.Flush()
+	_, err := fmt.Fprintf(w, "  causeway lab status%s\n%s\n", f, last)
+	return err
+}
+
+func runLabUp(ctx context.Context, args []string) error {
+	fs := newFlagSet("lab up", `lab up [flags]
+
+Builds the lab and leaves it running: the appliances and the backend run
+detached, with their logs in the instance's state directory. Returns once
+every appliance is healthy and the hosts can reach the backend through the
+overlay. Take it down with 'causeway lab down'.
+
+Flags:`)
+	lf := addLabFlags(fs)
+	if err := parseLabFlags(fs, lf, args); err != nil {
+		return err
+	}
+	l, err := lab.Up(ctx, lab.Options{Instance: lf.instance, StateRoot: lf.stateRoot, Logger: labLogger()})
+	if err != nil {
+		return err
+	}
+	return printLabUp(os.Stdout, l, lf, "Take it down with: causeway lab down"+lf.flagArgs())
+}
+
+// parseLabFlags parses a command that takes only flags.
+func parseLabFlags(fs *flag.FlagSet, lf *labFlags, args []string) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	return lf.check()
+}
+
+func runLabStatus(ctx context.Context, args []string) error {
+	fs := newFlagSet("lab status", `lab status [--json] [flags]
+
+Shows a running lab: its appliances (namespace, PID, overlay address,
+uplinks), hosts, services and other nodes. --json prints the same as one
+JSON object whose shape docs/lab.md documents.
+
+Flags:`)
+	lf := addLabFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON instead of tables")
+	if err := parseLabFlags(fs, lf, args); err != nil {
+		return err
+	}
+	l, err := openLab(lf)
+	if err != nil {
+		return err
+	}
+	st := l.Status()
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	return st.WriteText(os.Stdout)
+}
+
+// openLab opens the instance the flags name, explaining a missing one.
+func openLab(lf *labFlags) (*lab.Lab, error) {
+	l, err := lab.Open(lf.stateRoot, lf.instance)
+	if errors.Is(err, os.ErrNotExist) {
+		msg := fmt.Sprintf("no lab instance %q is running (start one with 'causeway lab up%s')", lf.instance, lf.flagArgs())
+		if insts, _ := lab.Instances(lf.stateRoot); len(insts) > 0 {
+			var names []string
+			for _, i := range insts {
+				names = append(names, i.Name)
+			}
+			msg += "; instances: " + strings.Join(names, ", ")
+		}
+		return nil, errors.New(msg)
+	}
+	return l, err
+}
+
+func runLabDown(ctx context.Context, args []string) error {
+	fs := newFlagSet("lab down", `lab down [--all] [flags]
+
+Takes a lab down: stops its appliances and services, deletes its network
+namespaces (and with them every link) and its state directory. Works on a
+partly built or crashed lab too, and does nothing for one that is not there.
+
+--all takes down every instance under the state root that no live process
+owns: those made by 'causeway lab up', and leftovers whose owner (a
+foreground 'causeway lab' or a test run) has exited, including namespaces
+that have no state and are older than a minute. Instances whose owner
+still runs are left alone.
+
+Flags:`)
+	lf := addLabFlags(fs)
+	all := fs.Bool("all", false, "take down every instance no live process owns (ignores --instance)")
+	if err := parseLabFlags(fs, lf, args); err != nil {
+		return err
+	}
+	log := labLogger()
+	if !*all {
+		return lab.Remove(lf.stateRoot, lf.instance, log)
+	}
+	insts, err := lab.Instances(lf.stateRoot)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, i := range insts {
+		if i.OwnerPID == 0 {
+			errs = append(errs, lab.Remove(lf.stateRoot, i.Name, log))
+		}
+	}
+	errs = append(errs, lab.Sweep(lf.stateRoot, log))
+	return errors.Join(errs...)
+}
+
+func runLabExec(ctx context.Context, args []string) error {
+	fs := newFlagSet("lab exec", `lab exec [flags] NODE [--] COMMAND [ARGS...]
+
+Runs COMMAND inside NODE's network namespace, with this terminal's stdin,
+stdout and stderr; the exit status is the command's. Only the network
+namespace changes: files are the same as outside. NODE is any node name
+that 'causeway lab status' shows (appliances, hosts, routers, switches).
+
+Flags:`)
+	lf := addLabFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := lf.check(); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return usagef("want a node and a command: causeway lab exec NODE -- COMMAND [ARGS...]")
+	}
+	node, cmd := rest[0], rest[1:]
+	if len(cmd) > 0 && cmd[0] == "--" {
+		cmd = cmd[1:]
+	}
+	if len(cmd) == 0 {
+		return usagef("want a command to run in %s: causeway lab exec %s -- COMMAND [ARGS...]", node, node)
+	}
+	l, err := openLab(lf)
+	if err != nil {
+		return err
+	}
+	ns := l.Netns(node)
+	if ns == "" {
+		return usagef("no node %q in the lab (nodes: %s)", node, strings.Join(l.Nodes(), ", "))
+	}
+	return execInNetns(ctx, ns, cmd)
+}
+
+// execInNetns replaces this process with cmd inside the namespace ns.
+// SIGINT and SIGTERM get their default action back first, so that a signal
+// that arrives before the exec ends this process instead of being swallowed;
+// one that arrived earlier has cancelled ctx.
+func execInNetns(ctx context.Context, ns string, cmd []string) error {
+	signal.Reset(os.Interrupt, syscall.SIGTERM)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return lab.ExecInNetns(ns, cmd[0], cmd[1:])
+}
+
+// runLabNsexec is `causeway lab nsexec NETNS -- PROG [ARGS...]`: it enters
+// the namespace and execs PROG. The lab runs every process inside a
+// namespace through it, so it parses no flags of its own.
+func runLabNsexec(ctx context.Context, args []string) error {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprint(os.Stderr, `Usage: causeway lab nsexec NETNS [--] PROG [ARGS...]
+
+Replaces itself with PROG running inside the network namespace NETNS (a name
+under /run/netns or an absolute path). Used by the lab to start processes.
+`)
+		return flag.ErrHelp
+	}
+	if len(args) < 2 {
+		return usagef("usage: causeway lab nsexec NETNS [--] PROG [ARGS...]")
+	}
+	ns, cmd := args[0], args[1:]
+	if cmd[0] == "--" {
+		cmd = cmd[1:]
+	}
+	if len(cmd) == 0 {
+		return usagef("usage: causeway lab nsexec NETNS [--] PROG [ARGS...]")
+	}
+	return execInNetns(ctx, ns, cmd)
+}
+
+func runLabServeHTTP(ctx context.Context, args []string) error {
+	fs := newFlagSet("lab serve-http", `lab serve-http --listen ADDR --name NAME
+
+Serves the lab's backend page until SIGTERM: GET / names the host and the
+client, GET /bytes?n=N returns N bytes, GET /healthz says ok. Logs are JSON
+on stdout. The lab starts it inside the backend's namespace.
+
+Flags:`)
+	listen := fs.String("listen", "", "IP:port to listen on (required)")
+	name := fs.String("name", "", "host name to put in the page (required)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	if *listen == "" || *name == "" {
+		return usagef("--listen and --name are required")
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stdout, nil)).With("service", *name)
+	return lab.Serve(ctx, *listen, *name, log)
 }

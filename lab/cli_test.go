@@ -1,0 +1,166 @@
+package lab
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// causeway runs the built binary and returns its stdout, stderr and exit
+// status.
+func causeway(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(testBinary, args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CAUSEWAY_LAB_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		t.Fatalf("running causeway %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// TestCLI drives `causeway lab` the way a person or a script does.
+func TestCLI(t *testing.T) {
+	t.Parallel()
+	needRoot(t)
+	inst := UniqueInstance("cli")
+	t.Cleanup(func() { Remove(DefaultStateRoot, inst, nil) })
+
+	for _, args := range [][]string{
+		{"lab", "--help"}, {"lab", "up", "--help"}, {"lab", "status", "--help"},
+		{"lab", "down", "--help"}, {"lab", "exec", "--help"},
+	} {
+		if _, stderr, code := causeway(t, args...); code != 0 || !strings.Contains(stderr, "Usage: causeway lab") {
+			t.Errorf("causeway %v: exit %d:\n%s", args, code, stderr)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"lab", "up", "--instance", "Bad!"}, "--instance"},
+		{[]string{"lab", "status", "--nosuch"}, "flag provided but not defined"},
+		{[]string{"lab", "nosuch"}, "unknown lab command"},
+		{[]string{"lab", "exec", "--instance", inst}, "want a node and a command"},
+		{[]string{"lab", "down", "extra"}, "unexpected argument"},
+		{[]string{"lab", "up", "--state-root", "relative"}, "--state-root"},
+	} {
+		_, stderr, code := causeway(t, tc.args...)
+		if code != 2 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("causeway %v: exit %d, stderr %q; want exit 2 and %q", tc.args, code, stderr, tc.want)
+		}
+	}
+	if _, stderr, code := causeway(t, "lab", "status", "--instance", inst); code != 1 || !strings.Contains(stderr, "is running") {
+		t.Errorf("status of a missing lab: exit %d: %s", code, stderr)
+	}
+
+	stdout, stderr, code := causeway(t, "lab", "up", "--instance", inst)
+	if code != 0 {
+		t.Fatalf("lab up: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if !strings.Contains(stdout, "causeway lab exec --instance "+inst+" office-1-host -- curl -s http://10.20.0.10/") {
+		t.Errorf("lab up prints no hint to try:\n%s", stdout)
+	}
+	if _, stderr, code := causeway(t, "lab", "up", "--instance", inst); code == 0 || !strings.Contains(stderr, "already exists") {
+		t.Errorf("second lab up: exit %d: %s", code, stderr)
+	}
+
+	stdout, stderr, code = causeway(t, "lab", "status", "--instance", inst, "--json")
+	if code != 0 {
+		t.Fatalf("lab status --json: exit %d: %s", code, stderr)
+	}
+	var st struct {
+		Instance string `json:"instance"`
+		Hosts    []struct {
+			Name  string   `json:"name"`
+			Site  string   `json:"site"`
+			Netns string   `json:"netns"`
+			Addrs []string `json:"addrs"`
+		} `json:"hosts"`
+		Appliances []struct {
+			Name    string `json:"name"`
+			Site    string `json:"site"`
+			Netns   string `json:"netns"`
+			PID     int    `json:"pid"`
+			Uplinks []struct {
+				Name string `json:"name"`
+				Addr string `json:"addr"`
+			} `json:"uplinks"`
+			OverlayAddr string `json:"overlay_addr"`
+		} `json:"appliances"`
+		Services []struct {
+			Name string `json:"name"`
+			Host string `json:"host"`
+			URL  string `json:"url"`
+		} `json:"services"`
+	}
+	// Decode by the documented field names only: fields may be added.
+	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
+		t.Fatalf("decoding status: %v\n%s", err, stdout)
+	}
+	if st.Instance != inst || len(st.Hosts) != 4 || len(st.Appliances) != 3 || len(st.Services) != 1 {
+		t.Fatalf("status: %s", stdout)
+	}
+	for _, h := range st.Hosts {
+		if h.Name == "" || h.Site == "" || h.Netns != "cw-"+inst+"-"+h.Name || len(h.Addrs) == 0 || strings.Contains(h.Addrs[0], "/") {
+			t.Errorf("host %+v", h)
+		}
+	}
+	for _, a := range st.Appliances {
+		if a.PID <= 0 || a.Netns != "cw-"+inst+"-"+a.Name || a.Site != a.Name || a.OverlayAddr == "" ||
+			len(a.Uplinks) != 1 || a.Uplinks[0].Name != "wan0" || strings.Contains(a.Uplinks[0].Addr, "/") {
+			t.Errorf("appliance %+v", a)
+		}
+		if _, err := os.Stat("/proc/" + strconv.Itoa(a.PID)); err != nil {
+			t.Errorf("appliance %s: pid %d does not run", a.Name, a.PID)
+		}
+	}
+	if sv := st.Services[0]; sv.Name != "backend-http" || sv.Host != "vpc-1-backend-1" || sv.URL != "http://10.20.0.10/" {
+		t.Errorf("service %+v", sv)
+	}
+
+	stdout, _, code = causeway(t, "lab", "status", "--instance", inst)
+	if code != 0 || !strings.Contains(stdout, "APPLIANCE") || !strings.Contains(stdout, "cw-"+inst+"-vpc-1") {
+		t.Errorf("lab status: exit %d:\n%s", code, stdout)
+	}
+
+	// exec: inside the namespace, with the command's exit status.
+	stdout, stderr, code = causeway(t, "lab", "exec", "--instance", inst, "office-1-host", "--", "cat", "/proc/net/dev")
+	if code != 0 || !strings.Contains(stdout, "eth0:") || strings.Contains(stdout, "wan0:") {
+		t.Errorf("lab exec cat /proc/net/dev: exit %d:\n%s%s", code, stdout, stderr)
+	}
+	if _, _, code := causeway(t, "lab", "exec", "--instance", inst, "inet", "--", "sh", "-c", "exit 3"); code != 3 {
+		t.Errorf("lab exec sh -c 'exit 3': exit %d", code)
+	}
+	if _, stderr, code := causeway(t, "lab", "exec", "--instance", inst, "nosuch", "--", "true"); code != 2 || !strings.Contains(stderr, "no node") {
+		t.Errorf("lab exec on an unknown node: exit %d: %s", code, stderr)
+	}
+
+	if _, stderr, code := causeway(t, "lab", "down", "--instance", inst); code != 0 {
+		t.Fatalf("lab down: exit %d: %s", code, stderr)
+	}
+	var pids []int
+	for _, a := range st.Appliances {
+		pids = append(pids, a.PID)
+	}
+	checkGone(t, inst, pids)
+	if _, stderr, code := causeway(t, "lab", "down", "--instance", inst); code != 0 {
+		t.Errorf("second lab down: exit %d: %s", code, stderr)
+	}
+}

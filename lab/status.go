@@ -1,0 +1,180 @@
+package lab
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"text/tabwriter"
+)
+
+// Status describes a running instance. Its JSON form is printed by
+// `causeway lab status --json` and documented in docs/lab.md; fields are
+// only ever added to it. Addresses carry no prefix length.
+type Status struct {
+	Instance   string            `json:"instance"`
+	StateDir   string            `json:"state_dir"`
+	Hosts      []HostStatus      `json:"hosts"`
+	Appliances []ApplianceStatus `json:"appliances"`
+	Services   []ServiceStatus   `json:"services"`
+	// Nodes lists every namespace of the instance, including the routers
+	// and switches, for `causeway lab exec`.
+	Nodes []NodeStatus `json:"nodes"`
+}
+
+// HostStatus is a host on a site's LAN.
+type HostStatus struct {
+	Name  string   `json:"name"`
+	Site  string   `json:"site"`
+	Netns string   `json:"netns"`
+	Addrs []string `json:"addrs"`
+}
+
+// ApplianceStatus is a site appliance.
+type ApplianceStatus struct {
+	Name  string `json:"name"`
+	Site  string `json:"site"`
+	Netns string `json:"netns"`
+	// PID is the appliance process, or 0 if it is not running.
+	PID         int            `json:"pid"`
+	Uplinks     []UplinkStatus `json:"uplinks"`
+	OverlayAddr string         `json:"overlay_addr"`
+	LANAddrs    []string       `json:"lan_addrs"`
+}
+
+// UplinkStatus is an appliance's WAN interface.
+type UplinkStatus struct {
+	Name string `json:"name"`
+	Addr string `json:"addr"`
+}
+
+// ServiceStatus is a service the lab runs on a host.
+type ServiceStatus struct {
+	Name string `json:"name"`
+	Host string `json:"host"`
+	URL  string `json:"url"`
+	// PID is the service process, or 0 if it is not running.
+	PID int `json:"pid"`
+}
+
+// NodeStatus is one namespace of the lab.
+type NodeStatus struct {
+	Name  string `json:"name"`
+	Role  string `json:"role"` // RoleRouter, RoleSwitch, RoleAppliance or RoleHost
+	Site  string `json:"site"` // "" for inet
+	Netns string `json:"netns"`
+}
+
+// buildStatus describes instance; pid returns the running process of an
+// appliance or service name, or 0.
+func buildStatus(t *topology, instance, dir string, pid func(name string) int) Status {
+	s := Status{
+		Instance:   instance,
+		StateDir:   dir,
+		Hosts:      []HostStatus{},
+		Appliances: []ApplianceStatus{},
+		Services:   []ServiceStatus{},
+		Nodes:      []NodeStatus{},
+	}
+	for _, n := range t.nodes {
+		ns := netnsName(instance, n.name)
+		s.Nodes = append(s.Nodes, NodeStatus{Name: n.name, Role: n.role, Site: n.site, Netns: ns})
+		if n.role == RoleHost {
+			s.Hosts = append(s.Hosts, HostStatus{Name: n.name, Site: n.site, Netns: ns, Addrs: addrStrings(t.addrs(n.name))})
+		}
+	}
+	for _, a := range t.appliances {
+		as := ApplianceStatus{
+			Name:        a.name,
+			Site:        a.site,
+			Netns:       netnsName(instance, a.name),
+			PID:         pid(a.name),
+			OverlayAddr: a.overlay.String(),
+			Uplinks:     []UplinkStatus{},
+			LANAddrs:    []string{},
+		}
+		for _, e := range t.ifaces(a.name) {
+			switch {
+			case !e.addr.IsValid():
+			case e.name == a.wan:
+				as.Uplinks = append(as.Uplinks, UplinkStatus{Name: e.name, Addr: e.addr.Addr().String()})
+			default:
+				as.LANAddrs = append(as.LANAddrs, e.addr.Addr().String())
+			}
+		}
+		s.Appliances = append(s.Appliances, as)
+	}
+	for _, sv := range t.services {
+		s.Services = append(s.Services, ServiceStatus{Name: sv.name, Host: sv.host, URL: serviceURL(sv), PID: pid(sv.name)})
+	}
+	return s
+}
+
+func serviceURL(sv serviceSpec) string {
+	if sv.listen.Port() == 80 {
+		return "http://" + sv.listen.Addr().String() + "/"
+	}
+	return "http://" + sv.listen.String() + "/"
+}
+
+func addrStrings(as []netip.Addr) []string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = a.String()
+	}
+	return out
+}
+
+// WriteText writes s as the tables `causeway lab status` prints.
+func (s Status) WriteText(w io.Writer) error {
+	var rows [][]string
+	for _, a := range s.Appliances {
+		var up []string
+		for _, u := range a.Uplinks {
+			up = append(up, u.Name+"="+u.Addr)
+		}
+		rows = append(rows, []string{a.Name, a.Site, a.Netns, pidText(a.PID), a.OverlayAddr,
+			strings.Join(up, ","), strings.Join(a.LANAddrs, ",")})
+	}
+	fmt.Fprintf(w, "Lab instance %s (state in %s)\n\n", s.Instance, s.StateDir)
+	writeTable(w, []string{"APPLIANCE", "SITE", "NETNS", "PID", "OVERLAY", "UPLINKS", "LAN"}, rows)
+
+	rows = nil
+	for _, h := range s.Hosts {
+		rows = append(rows, []string{h.Name, h.Site, h.Netns, strings.Join(h.Addrs, ",")})
+	}
+	fmt.Fprintln(w)
+	writeTable(w, []string{"HOST", "SITE", "NETNS", "ADDRS"}, rows)
+
+	rows = nil
+	for _, sv := range s.Services {
+		rows = append(rows, []string{sv.Name, sv.Host, sv.URL, pidText(sv.PID)})
+	}
+	fmt.Fprintln(w)
+	writeTable(w, []string{"SERVICE", "HOST", "URL", "PID"}, rows)
+
+	var others []string
+	for _, n := range s.Nodes {
+		if n.Role == RoleRouter || n.Role == RoleSwitch {
+			others = append(others, n.Name)
+		}
+	}
+	_, err := fmt.Fprintf(w, "\nRouters and switches: %s\n", strings.Join(others, ", "))
+	return err
+}
+
+func pidText(pid int) string {
+	if pid == 0 {
+		return "stopped"
+	}
+	return fmt.Sprint(pid)
+}
+
+func writeTable(w io.Writer, header []string, rows [][]string) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	tw.Flush()
+}

@@ -1,0 +1,109 @@
+package lab
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The golden file is the documented JSON shape of `causeway lab status
+// --json`; refresh it with CAUSEWAY_UPDATE_GOLDEN=1 go test ./lab/ and
+// review the diff: scripts depend on it.
+const statusGolden = "testdata/status.golden.json"
+
+func testStatus() Status {
+	pids := map[string]int{"office-1": 101, "vpc-1": 102, "backend-http": 201}
+	return buildStatus(labTopology, "demo", "/run/causeway-lab/demo", func(name string) int { return pids[name] })
+}
+
+func TestStatusJSON(t *testing.T) {
+	got, err := json.MarshalIndent(testStatus(), "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, '\n')
+	if os.Getenv("CAUSEWAY_UPDATE_GOLDEN") == "1" {
+		if err := os.MkdirAll(filepath.Dir(statusGolden), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(statusGolden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(statusGolden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("status JSON differs from %s (CAUSEWAY_UPDATE_GOLDEN=1 to refresh):\n%s", statusGolden, got)
+	}
+}
+
+// TestStatusShape decodes the JSON the way a script would, field by the
+// names docs/lab.md gives.
+func TestStatusShape(t *testing.T) {
+	b, _ := json.Marshal(testStatus())
+	var s struct {
+		Instance string `json:"instance"`
+		Hosts    []struct {
+			Name, Site, Netns string
+			Addrs             []string
+		} `json:"hosts"`
+		Appliances []struct {
+			Name, Site, Netns string
+			PID               int `json:"pid"`
+			Uplinks           []struct{ Name, Addr string }
+			OverlayAddr       string `json:"overlay_addr"`
+		} `json:"appliances"`
+		Services []struct{ Name, Host, URL string } `json:"services"`
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Instance != "demo" || len(s.Hosts) != 4 || len(s.Appliances) != 3 || len(s.Services) != 1 {
+		t.Fatalf("unexpected status: %s", b)
+	}
+	h := s.Hosts[0]
+	if h.Name != "office-1-host" || h.Site != "office-1" || h.Netns != "cw-demo-office-1-host" || len(h.Addrs) != 1 || h.Addrs[0] != "10.10.0.10" {
+		t.Errorf("host %+v", h)
+	}
+	a := s.Appliances[0]
+	if a.Name != "office-1" || a.Netns != "cw-demo-office-1" || a.PID != 101 || a.OverlayAddr != "100.64.0.1" ||
+		len(a.Uplinks) != 1 || a.Uplinks[0].Name != "wan0" || a.Uplinks[0].Addr != "198.18.1.2" {
+		t.Errorf("appliance %+v", a)
+	}
+	if s.Appliances[2].PID != 0 {
+		t.Errorf("a stopped appliance has pid %d", s.Appliances[2].PID)
+	}
+	sv := s.Services[0]
+	if sv.Name != "backend-http" || sv.Host != "vpc-1-backend-1" || sv.URL != "http://10.20.0.10/" {
+		t.Errorf("service %+v", sv)
+	}
+	for _, field := range []string{`"addrs"`, `"uplinks"`, `"overlay_addr"`, `"url"`} {
+		if !bytes.Contains(b, []byte(field)) {
+			t.Errorf("JSON lacks %s", field)
+		}
+	}
+}
+
+func TestStatusText(t *testing.T) {
+	var b strings.Builder
+	if err := testStatus().WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"office-1   office-1  cw-demo-office-1  101",
+		"home-1     home-1    cw-demo-home-1    stopped  100.64.0.3  wan0=172.16.30.2",
+		"vpc-1-backend-1  vpc-1     cw-demo-vpc-1-backend-1  10.20.0.10",
+		"backend-http  vpc-1-backend-1  http://10.20.0.10/",
+		"Routers and switches: inet, office-1-lan",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status text lacks %q:\n%s", want, out)
+		}
+	}
+}
