@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/causeway-net/causeway/dataplane"
+	"github.com/causeway-net/causeway/dataplane/bind"
 	"github.com/causeway-net/causeway/dataplane/wgkey"
 )
 
@@ -74,12 +76,17 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 	}
 	a.undo = append(a.undo, restore)
 
+	var uplinks []bind.Uplink
+	for _, u := range cfg.Uplinks {
+		uplinks = append(uplinks, bind.Uplink{Name: u.Name, Interface: u.Interface, Addr: u.Addr})
+	}
 	a.dev, err = dataplane.New(dataplane.Options{
 		Interface:  cfg.Interface,
 		MTU:        a.mtu,
 		PrivateKey: a.key,
 		ListenPort: cfg.ListenPort,
 		Address:    cfg.OverlayAddr,
+		Uplinks:    uplinks,
 		Logger:     log,
 	})
 	if err != nil {
@@ -108,7 +115,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 	}
 	log.Info("appliance up",
 		"name", cfg.Name, "interface", cfg.Interface, "overlay_addr", cfg.OverlayAddr.String(),
-		"listen_port", cfg.ListenPort, "mtu", a.mtu, "offloads", a.dev.Offloads(), "peers", len(cfg.Peers),
+		"listen_port", cfg.ListenPort, "mtu", a.mtu, "offloads", a.dev.Offloads(), "uplinks", len(cfg.Uplinks), "peers", len(cfg.Peers),
 		"public_key", pub.String(), "http_listen", cfg.HTTPListen)
 	return a, nil
 }
@@ -143,6 +150,7 @@ func (a *Appliance) Apply(cfg *Config) error {
 	fixed("listen_port", old.ListenPort == cfg.ListenPort)
 	fixed("mtu", old.MTU == cfg.MTU)
 	fixed("http_listen", old.HTTPListen == cfg.HTTPListen)
+	fixed("uplinks", slices.Equal(old.Uplinks, cfg.Uplinks))
 	if len(errs) > 0 {
 		return &ConfigError{Errs: errs}
 	}
@@ -186,6 +194,7 @@ func devicePeers(cfg *Config) []dataplane.Peer {
 		dp := dataplane.Peer{PublicKey: p.PublicKey, AllowedIPs: p.AllowedPrefixes(), Keepalive: p.Keepalive}
 		if len(p.Endpoints) > 0 {
 			dp.Endpoint = p.Endpoints[0]
+			dp.Alternates = p.Endpoints[1:]
 		}
 		out = append(out, dp)
 	}

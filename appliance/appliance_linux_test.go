@@ -278,6 +278,8 @@ func TestTwoSitesCountAndClean(t *testing.T) {
 
 	a := siteConfig(t, "site-a", "100.64.9.1", "10.91.0.0/24")
 	b := siteConfig(t, "site-b", "100.64.9.2", "10.92.0.0/24")
+	// Site a runs over the multipath bind, site b over the standard one.
+	a.Uplinks = []Uplink{{Name: "wan0", Interface: "wan0"}}
 	ka, err := LoadOrCreateKey(a.StateDir)
 	if err != nil {
 		t.Fatal(err)

@@ -42,6 +42,17 @@ type Config struct {
 	Peers       []PeerConfig
 	// HTTPListen is where /healthz and /metrics are served; empty disables.
 	HTTPListen string
+	// Uplinks are the WAN attachments WireGuard traffic leaves on, one
+	// pinned socket each (the multipath bind). Empty means one socket per
+	// address family, routed by the kernel.
+	Uplinks []Uplink
+}
+
+// Uplink is one WAN attachment.
+type Uplink struct {
+	Name      string     // for logs and metrics
+	Interface string     // the socket is pinned to it (SO_BINDTODEVICE)
+	Addr      netip.Addr // optional local IPv4 address to bind; zero: any on Interface
 }
 
 // PeerConfig is one remote appliance.
@@ -70,15 +81,22 @@ func (p PeerConfig) AllowedPrefixes() []netip.Prefix {
 // fileConfig is the on-disk JSON shape. Every field is a plain string or
 // number so that each parse error can name the field it came from.
 type fileConfig struct {
-	Name        string     `json:"name"`
-	StateDir    string     `json:"state_dir"`
-	Interface   string     `json:"interface"`
-	OverlayAddr string     `json:"overlay_addr"`
-	ListenPort  *int       `json:"listen_port"`
-	MTU         int        `json:"mtu"`
-	LANPrefixes []string   `json:"lan_prefixes"`
-	Peers       []filePeer `json:"peers"`
-	HTTPListen  *string    `json:"http_listen"`
+	Name        string       `json:"name"`
+	StateDir    string       `json:"state_dir"`
+	Interface   string       `json:"interface"`
+	OverlayAddr string       `json:"overlay_addr"`
+	ListenPort  *int         `json:"listen_port"`
+	MTU         int          `json:"mtu"`
+	LANPrefixes []string     `json:"lan_prefixes"`
+	Peers       []filePeer   `json:"peers"`
+	HTTPListen  *string      `json:"http_listen"`
+	Uplinks     []fileUplink `json:"uplinks"`
+}
+
+type fileUplink struct {
+	Name      string `json:"name"`
+	Interface string `json:"interface"`
+	Addr      string `json:"addr,omitempty"`
 }
 
 type filePeer struct {
@@ -271,6 +289,31 @@ func (v *validator) config(fc *fileConfig) *Config {
 		}
 	}
 
+	uplinkNames := map[string]string{}
+	for i, fu := range fc.Uplinks {
+		base := fmt.Sprintf("uplinks[%d]", i)
+		u := Uplink{Name: fu.Name, Interface: fu.Interface}
+		if !nameRE.MatchString(fu.Name) {
+			v.fail(base+".name", "want 1-63 lower-case letters, digits and '-', got %q", fu.Name)
+		} else if prev, dup := uplinkNames[fu.Name]; dup {
+			v.fail(base+".name", "%q is also the name of %s", fu.Name, prev)
+		} else {
+			uplinkNames[fu.Name] = base
+		}
+		if !ifaceRE.MatchString(fu.Interface) || fu.Interface == "." || fu.Interface == ".." {
+			v.fail(base+".interface", "want an interface name of 1-15 letters, digits, '_', '.' or '-', got %q", fu.Interface)
+		}
+		if fu.Addr != "" {
+			a, err := netip.ParseAddr(fu.Addr)
+			if err != nil || !a.Is4() {
+				v.fail(base+".addr", "want an IPv4 address, got %q", fu.Addr)
+			} else {
+				u.Addr = a
+			}
+		}
+		c.Uplinks = append(c.Uplinks, u)
+	}
+
 	// Every prefix the config mentions, to reject overlaps across sites.
 	type owner struct {
 		field string
@@ -416,6 +459,13 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 	}
 	port := int(c.ListenPort)
 	fc.ListenPort = &port
+	for _, u := range c.Uplinks {
+		fu := fileUplink{Name: u.Name, Interface: u.Interface}
+		if u.Addr.IsValid() {
+			fu.Addr = u.Addr.String()
+		}
+		fc.Uplinks = append(fc.Uplinks, fu)
+	}
 	for _, p := range c.LANPrefixes {
 		fc.LANPrefixes = append(fc.LANPrefixes, p.String())
 	}

@@ -21,6 +21,7 @@ const validConfig = `{
   "state_dir": "/var/lib/causeway",
   "overlay_addr": "100.64.0.1",
   "lan_prefixes": ["10.10.0.0/24"],
+  "uplinks": [{"name": "wan1", "interface": "eth0"}, {"name": "wan2", "interface": "eth1", "addr": "198.18.5.2"}],
   "peers": [
     {"name": "vpc-1", "public_key": "` + keyA + `", "overlay_addr": "100.64.0.2",
      "endpoints": ["198.18.2.2:51820"], "prefixes": ["10.20.0.0/24"], "keepalive": "25s"},
@@ -36,6 +37,9 @@ func TestParseConfigValid(t *testing.T) {
 	}
 	if c.Interface != DefaultInterface || c.ListenPort != DefaultListenPort || c.HTTPListen != DefaultHTTPListen {
 		t.Errorf("defaults not applied: %+v", c)
+	}
+	if len(c.Uplinks) != 2 || c.Uplinks[1].Addr.String() != "198.18.5.2" || c.Uplinks[0].Interface != "eth0" {
+		t.Errorf("uplinks: %+v", c.Uplinks)
 	}
 	if len(c.Peers) != 2 || c.Peers[0].Keepalive != 25*time.Second || len(c.Peers[1].Endpoints) != 0 {
 		t.Errorf("peers: %+v", c.Peers)
@@ -96,6 +100,10 @@ func TestParseConfigErrorsNameTheField(t *testing.T) {
 		{"keepalive fraction", `"25s"`, `"1.5s"`, "peers[0].keepalive", "whole seconds"},
 		{"dup peer name", `"name": "home-1"`, `"name": "vpc-1"`, "peers[1].name", "also the name of peers[0]"},
 		{"unknown field", `"name": "office-1",`, `"name": "office-1", "listen": 1,`, "listen", "unknown field"},
+		{"uplink name", `"name": "wan1"`, `"name": "WAN"`, "uplinks[0].name", "lower-case"},
+		{"uplink dup", `"name": "wan2"`, `"name": "wan1"`, "uplinks[1].name", "also the name of uplinks[0]"},
+		{"uplink iface", `"interface": "eth0"`, `"interface": "a-very-long-interface"`, "uplinks[0].interface", "1-15"},
+		{"uplink addr", `"198.18.5.2"`, `"2001:db8::1"`, "uplinks[1].addr", "IPv4"},
 		{"wrong type", `"name": "office-1",`, `"name": "office-1", "mtu": "big",`, "mtu", "want int"},
 	}
 	for _, tc := range cases {

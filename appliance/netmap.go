@@ -24,6 +24,7 @@ type Local struct {
 	ListenPort uint16 // 0 means DefaultListenPort
 	MTU        int    // 0 means AutoMTU
 	HTTPListen string
+	Uplinks    []Uplink // empty: kernel-routed sockets
 }
 
 // ConfigFromNetmap builds the appliance config for nm. The result passes
@@ -33,6 +34,7 @@ func ConfigFromNetmap(l Local, nm *netmap.Netmap) (*Config, error) {
 	c := &Config{
 		Name: nm.Name, StateDir: l.StateDir, Interface: l.Interface, OverlayAddr: nm.OverlayAddr,
 		ListenPort: l.ListenPort, MTU: l.MTU, LANPrefixes: nm.LANPrefixes, HTTPListen: l.HTTPListen,
+		Uplinks: l.Uplinks,
 	}
 	if c.Interface == "" {
 		c.Interface = DefaultInterface

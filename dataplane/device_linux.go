@@ -22,6 +22,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/causeway-net/causeway/dataplane/bind"
 	"github.com/causeway-net/causeway/dataplane/wgkey"
 )
 
@@ -38,9 +39,16 @@ type Options struct {
 	// Address is this device's overlay address. It is assigned as a host
 	// address (/32 or /128); reachability comes from per-peer routes.
 	Address netip.Addr
-	// Bind carries WireGuard's UDP traffic; nil means wireguard-go's
-	// standard bind (one socket per address family, with UDP GSO/GRO).
-	Bind conn.Bind
+	// Uplinks, when set, are the WAN attachments: the device then runs
+	// over the multipath bind (dataplane/bind), one socket pinned to each
+	// uplink, and every peer's candidate paths are its endpoints on every
+	// uplink. Empty means wireguard-go's standard bind (one socket per
+	// address family, with UDP GSO/GRO), where routing alone picks the way
+	// out.
+	Uplinks []bind.Uplink
+	// Probes receives the probe datagrams that arrive on the uplinks (see
+	// bind.Options.Probes); used only with Uplinks.
+	Probes bind.ProbeHandler
 	// Logger receives wireguard-go's messages; nil discards them.
 	Logger *slog.Logger
 }
@@ -52,6 +60,7 @@ type Device struct {
 	tun  *countingTUN
 	wg   *device.Device
 	link netlink.Link
+	mp   *bind.Bind // nil with the standard bind
 
 	mu     sync.Mutex // guards the fields below and serializes reconfiguration
 	peers  map[wgkey.PublicKey]Peer
@@ -77,17 +86,24 @@ func New(opts Options) (_ *Device, err error) {
 		return nil, fmt.Errorf("dataplane: creating TUN %s: %w", opts.Interface, err)
 	}
 	ct := newCountingTUN(tdev)
-	bind := opts.Bind
-	if bind == nil {
-		bind = conn.NewDefaultBind()
-	}
 	d := &Device{
 		opts:   opts,
 		tun:    ct,
 		peers:  map[wgkey.PublicKey]Peer{},
 		routes: map[netip.Prefix]bool{},
 	}
-	d.wg = device.NewDevice(ct, bind, wgLogger(opts.Logger))
+	var b conn.Bind
+	if len(opts.Uplinks) > 0 {
+		d.mp, err = bind.New(bind.Options{Uplinks: opts.Uplinks, PrivateKey: opts.PrivateKey, Probes: opts.Probes, Logger: opts.Logger})
+		if err != nil {
+			tdev.Close()
+			return nil, fmt.Errorf("dataplane: %w", err)
+		}
+		b = d.mp
+	} else {
+		b = conn.NewDefaultBind()
+	}
+	d.wg = device.NewDevice(ct, b, wgLogger(opts.Logger))
 	defer func() {
 		if err != nil {
 			d.wg.Close() // closes the TUN, which removes the interface
@@ -131,10 +147,14 @@ func (d *Device) SetPeers(peers []Peer) error {
 	if d.closed {
 		return errors.New("dataplane: device closed")
 	}
+	if err := d.setPathsLocked(peers); err != nil {
+		return err
+	}
 	if err := d.wg.IpcSet(uapiSet(nil, 0, d.peers, peers)); err != nil {
 		return fmt.Errorf("dataplane: configuring peers: %w", err)
 	}
 	d.tun.setPeers(peers)
+	d.removeGonePathsLocked(peers)
 	next := make(map[wgkey.PublicKey]Peer, len(peers))
 	want := map[netip.Prefix]bool{}
 	for _, p := range peers {
@@ -146,6 +166,51 @@ func (d *Device) SetPeers(peers []Peer) error {
 	d.peers = next
 	return d.setRoutesLocked(want)
 }
+
+// setPathsLocked gives every peer its candidate paths on the multipath
+// bind (each endpoint on each uplink) before WireGuard learns about the
+// peer, so that the endpoint WireGuard is given maps to a path of it.
+func (d *Device) setPathsLocked(peers []Peer) error {
+	if d.mp == nil {
+		return nil
+	}
+	for _, p := range peers {
+		bp := d.mp.LookupPeer(p.PublicKey)
+		if bp == nil {
+			bp = d.mp.AddPeer(p.PublicKey)
+		}
+		var paths []bind.PathID
+		for _, ep := range p.candidates() {
+			for u := range d.opts.Uplinks {
+				paths = append(paths, bind.PathID{Uplink: u, Remote: ep})
+			}
+		}
+		if err := d.mp.SetPaths(bp, paths); err != nil {
+			return fmt.Errorf("dataplane: paths of peer %s: %w", p.PublicKey, err)
+		}
+	}
+	return nil
+}
+
+func (d *Device) removeGonePathsLocked(peers []Peer) {
+	if d.mp == nil {
+		return
+	}
+	keep := make(map[wgkey.PublicKey]bool, len(peers))
+	for _, p := range peers {
+		keep[p.PublicKey] = true
+	}
+	for k := range d.peers {
+		if !keep[k] {
+			d.mp.RemovePeer(k)
+		}
+	}
+}
+
+// Multipath is the multipath bind, or nil when the device runs over the
+// standard bind. The probe loop uses it to send probes and move peers
+// between paths.
+func (d *Device) Multipath() *bind.Bind { return d.mp }
 
 func (d *Device) setRoutesLocked(want map[netip.Prefix]bool) error {
 	var errs []error

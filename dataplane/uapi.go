@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,11 +19,26 @@ type Peer struct {
 	// Endpoint is where to send to the peer; the zero value means "not
 	// known until the peer contacts us".
 	Endpoint netip.AddrPort
+	// Alternates are more endpoints of the peer. With the multipath bind,
+	// Endpoint and Alternates on every uplink are the peer's candidate
+	// paths; the standard bind uses Endpoint only.
+	Alternates []netip.AddrPort
 	// AllowedIPs are the inner prefixes routed to, and accepted from, the
 	// peer. The device also installs a kernel route for each.
 	AllowedIPs []netip.Prefix
 	// Keepalive is the persistent keepalive interval; 0 disables it.
 	Keepalive time.Duration
+}
+
+// candidates is Endpoint followed by the distinct IPv4 Alternates.
+func (p Peer) candidates() []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, ep := range append([]netip.AddrPort{p.Endpoint}, p.Alternates...) {
+		if ep.IsValid() && ep.Addr().Is4() && !slices.Contains(out, ep) {
+			out = append(out, ep)
+		}
+	}
+	return out
 }
 
 // PeerStats is the live state of one peer.

@@ -46,6 +46,7 @@ func applianceConfigs(t *topology, dir string) (map[string]*appliance.Config, er
 			ListenPort:  listenPort,
 			LANPrefixes: a.lan,
 			HTTPListen:  appliance.DefaultHTTPListen,
+			Uplinks:     []appliance.Uplink{{Name: a.wan, Interface: a.wan}},
 		}
 		for _, o := range t.appliances {
 			if o.name == a.name {
