@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/causeway-net/causeway/lab"
 	"github.com/causeway-net/causeway/lab/bench"
+	"github.com/causeway-net/causeway/lab/ctlbench"
 )
 
 const benchSynopsis = `bench <benchmark> [flags]
@@ -20,6 +22,8 @@ const benchSynopsis = `bench <benchmark> [flags]
 Benchmarks:
   dataplane  TCP throughput and added round-trip time through the overlay,
              Causeway against the stock wireguard-go daemon
+  control    time until N simulated appliances have applied one change,
+             with the controller's CPU seconds and peak memory
 
 Run 'causeway bench <benchmark> --help' for its flags.`
 
@@ -30,6 +34,11 @@ func runBench(ctx context.Context, args []string) error {
 	switch args[0] {
 	case "dataplane":
 		return runBenchDataplane(ctx, args[1:])
+	case "control":
+		if err := ctlbench.Main(ctx, args[1:]); err != nil && !errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return nil
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintf(os.Stderr, "Usage: causeway %s\n", benchSynopsis)
 		return nil

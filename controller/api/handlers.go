@@ -334,8 +334,15 @@ func (a *API) enroll(c *call) (any, error) {
 // NetmapVersionHeader carries the version of the netmap in a sync response.
 const NetmapVersionHeader = "Causeway-Netmap-Version"
 
+// NetmapBaseHeader, present in a sync response, says that the body is a
+// netmap.Delta against the version it names rather than a full netmap.
+const NetmapBaseHeader = "Causeway-Netmap-Base"
+
 // sync is the appliance's long-poll: it answers with the netmap as soon as
-// its version is above ?since=, or 204 after ?wait= (default 30s).
+// its version is above ?since=, or 204 after ?wait= (default 30s). With
+// ?delta=1 it may answer with a netmap.Delta against since instead (header
+// NetmapBaseHeader). The netmap is streamed from the shared encoded peers,
+// never built in memory whole.
 func (a *API) sync(w http.ResponseWriter, r *http.Request) {
 	c := callFrom(r)
 	q := r.URL.Query()
@@ -356,13 +363,21 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = d
 	}
+	var delta bool
+	if s := q.Get("delta"); s != "" {
+		v, err := strconv.ParseBool(s)
+		if err != nil {
+			f.add("delta", "want 1 (a delta against since is welcome) or 0, got %q", s)
+		}
+		delta = v
+	}
 	if err := f.err(); err != nil {
 		a.fail(w, r, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
-	nm, err := a.state.Sync(ctx, c.dev, since)
+	u, err := a.state.SyncUpdate(ctx, c.dev, since, delta)
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil:
 		w.Header().Set(NetmapVersionHeader, strconv.FormatUint(since, 10))
@@ -371,8 +386,24 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request) {
 		// The appliance went away; nobody to answer.
 	case err != nil:
 		a.fail(w, r, err)
+	case u.Delta != nil:
+		body := append(u.Delta.AppendJSON(nil), '\n')
+		h := w.Header()
+		h.Set(NetmapVersionHeader, strconv.FormatUint(u.Delta.Version, 10))
+		h.Set(NetmapBaseHeader, strconv.FormatUint(u.Delta.Base, 10))
+		h.Set("Content-Type", "application/json")
+		h.Set("Cache-Control", "no-store")
+		h.Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(body)
 	default:
-		w.Header().Set(NetmapVersionHeader, strconv.FormatUint(nm.Version, 10))
-		writeJSON(w, http.StatusOK, nm)
+		h := w.Header()
+		h.Set(NetmapVersionHeader, strconv.FormatUint(u.Netmap.Version, 10))
+		h.Set("Content-Type", "application/json")
+		h.Set("Cache-Control", "no-store")
+		h.Set("Content-Length", strconv.Itoa(u.Netmap.EncodedLen()))
+		w.WriteHeader(http.StatusOK)
+		// A write error means the appliance went away; it will ask again.
+		u.Netmap.WriteJSON(w)
 	}
 }

@@ -50,8 +50,11 @@ type Netmap struct {
 	OverlayAddr netip.Addr
 	// LANPrefixes are the prefixes of the appliance's own site.
 	LANPrefixes []netip.Prefix
-	// Peers are the other appliances of the tenant, sorted by name.
+	// Peers are the other appliances of the tenant, sorted by name. A
+	// netmap made by Shared leaves it nil: see Full.
 	Peers []Peer
+
+	shared *shared
 }
 
 // Peer is one remote appliance.
@@ -87,11 +90,15 @@ func (p *Peer) Equal(q *Peer) bool {
 // ignoring Version and RequestID.
 func (n *Netmap) SameContent(m *Netmap) bool {
 	if n.Tenant != m.Tenant || n.Appliance != m.Appliance || n.Site != m.Site || n.Name != m.Name ||
-		n.OverlayAddr != m.OverlayAddr || !slices.Equal(n.LANPrefixes, m.LANPrefixes) || len(n.Peers) != len(m.Peers) {
+		n.OverlayAddr != m.OverlayAddr || !slices.Equal(n.LANPrefixes, m.LANPrefixes) || n.NumPeers() != m.NumPeers() {
 		return false
 	}
-	for i := range n.Peers {
-		if !n.Peers[i].Equal(&m.Peers[i]) {
+	if n.shared != nil && m.shared != nil && *n.shared == *m.shared {
+		return true
+	}
+	for i := range n.NumPeers() {
+		p, q := n.PeerAt(i), m.PeerAt(i)
+		if !p.Equal(&q) {
 			return false
 		}
 	}
@@ -122,31 +129,6 @@ type wirePeer struct {
 	Keepalive   int64    `json:"keepalive_seconds"`
 }
 
-// MarshalJSON encodes the netmap in the form Decode reads. Empty lists are
-// written as [] rather than null.
-func (n *Netmap) MarshalJSON() ([]byte, error) {
-	w := wire{
-		Version: n.Version, RequestID: n.RequestID, Tenant: n.Tenant, Appliance: n.Appliance, Site: n.Site, Name: n.Name,
-		OverlayAddr: n.OverlayAddr.String(), LANPrefixes: strs(n.LANPrefixes), Peers: make([]wirePeer, len(n.Peers)),
-	}
-	for i := range n.Peers {
-		p := &n.Peers[i]
-		w.Peers[i] = wirePeer{
-			Name: p.Name, Site: p.Site, PublicKey: p.PublicKey.String(), OverlayAddr: p.OverlayAddr.String(),
-			Endpoints: strs(p.Endpoints), Prefixes: strs(p.Prefixes), Keepalive: int64(p.Keepalive / time.Second),
-		}
-	}
-	return json.Marshal(w)
-}
-
-func strs[T fmt.Stringer](vs []T) []string {
-	out := make([]string, len(vs))
-	for i, v := range vs {
-		out[i] = v.String()
-	}
-	return out
-}
-
 // FieldError is one problem with one field.
 type FieldError struct {
 	Field string // JSON path, e.g. "peers[1].public_key"
@@ -174,8 +156,18 @@ func Decode(data []byte) (*Netmap, error) {
 	if len(data) > MaxSize {
 		return nil, &DecodeError{[]error{fmt.Errorf("larger than %d bytes", MaxSize)}}
 	}
-	// The peers are decoded one by one so that an error inside one can name
-	// its index, which encoding/json leaves out.
+	// The common case, a valid document, is decoded in one pass. When that
+	// fails, the peers are decoded one by one so that an error inside one
+	// can name its index, which encoding/json leaves out.
+	var whole wire
+	if DecodeStrict(data, &whole, "") == nil {
+		v := &validator{}
+		n := v.netmap(&whole, whole.Peers)
+		if len(v.errs) > 0 {
+			return nil, &DecodeError{v.errs}
+		}
+		return n, nil
+	}
 	var w wireIn
 	if err := DecodeStrict(data, &w, ""); err != nil {
 		return nil, &DecodeError{[]error{err}}
@@ -306,8 +298,11 @@ func (v *validator) netmap(w *wire, peers []wirePeer) *Netmap {
 	}
 	n.OverlayAddr = v.overlayAddr("overlay_addr", w.OverlayAddr)
 	n.LANPrefixes = v.prefixes("lan_prefixes", w.LANPrefixes)
-	keys := map[wgkey.PublicKey]string{}
-	addrs := map[netip.Addr]string{}
+	if len(peers) > 0 {
+		n.Peers = make([]Peer, 0, len(peers))
+	}
+	keys := make(map[wgkey.PublicKey]string, len(peers))
+	addrs := make(map[netip.Addr]string, len(peers)+1)
 	if n.OverlayAddr.IsValid() {
 		addrs[n.OverlayAddr] = "overlay_addr"
 	}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/causeway-net/causeway/controller/netmap"
-	"github.com/causeway-net/causeway/controller/push"
 	"github.com/causeway-net/causeway/controller/store"
 	"github.com/causeway-net/causeway/dataplane/wgkey"
 )
@@ -385,15 +384,9 @@ func (s *State) touch(ctx context.Context, id string) {
 // appliance gets the current netmap rather than waiting for the feed to
 // catch up with a version it will never see again.
 func (s *State) Sync(ctx context.Context, d *Device, since uint64) (*netmap.Netmap, error) {
-	if since > uint64(s.lastApplied()) {
-		s.awaitApplied(ctx, min(int64(since), 1<<62))
-		if since > uint64(s.lastApplied()) && ctx.Err() == nil {
-			since = 0
-		}
+	nm, _, err := s.wait(ctx, d, since)
+	if err != nil {
+		return nil, err
 	}
-	nm, err := s.hub.Wait(ctx, d.ApplianceID, since)
-	if errors.Is(err, push.ErrGone) {
-		return nil, errorf(CodeUnauthenticated, "appliance %s is no longer active", d.ApplianceID)
-	}
-	return nm, err
+	return nm.Full(), nil
 }

@@ -18,17 +18,28 @@ const DefaultKeepalive = 25 * time.Second
 
 // tenantView is the compiled form of one tenant. Views are replaced whole,
 // never modified, so a netmap taken from one stays valid.
+//
+// Every appliance's netmap lists the same peers (all live appliances but
+// itself), so the view encodes each peer once (entries), sorts them into one
+// shared table, and each netmap refers to that table: a change costs O(N)
+// for a tenant of N appliances, not O(N²).
 type tenantView struct {
 	tenant *store.Tenant
 	sites  map[string]*store.Site
 	// apps holds the live (not revoked) appliances.
 	apps map[string]*store.Appliance
-	// peers is each live appliance as its peers see it (Keepalive unset:
-	// that depends on the viewer).
-	peers map[string]netmap.Peer
+	// entries is each live appliance as its peers see it (Keepalive unset:
+	// that depends on the viewer), encoded once.
+	entries map[string]*netmap.PeerEntry
+	// table lists entries sorted by name; index is each appliance's
+	// position in it.
+	table *netmap.Table
+	index map[string]int
 	// selves is what, of an appliance's own record, its netmap depends on.
 	selves map[string]selfContext
 	maps   map[string]*netmap.Netmap
+	// history is what changed in the views before this one, for deltas.
+	history *history
 }
 
 type selfContext struct {
@@ -71,9 +82,9 @@ func selfOf(a *store.Appliance, site *store.Site) selfContext {
 //
 // Only what the change touched is recompiled: an appliance's netmap is
 // rebuilt when its own record changed or when some other appliance's peer
-// entry changed, and republished only when the result differs. A change
-// that alters no peer (an enrollment token, an empty site) recompiles
-// nothing, and no change ever touches another tenant.
+// entry changed. A change that alters no peer (an enrollment token, an
+// empty site) recompiles nothing, and no change ever touches another
+// tenant. Rebuilding a netmap is O(1): it refers to the tenant's table.
 func (s *State) applyLocked(id string, snap *snapshot, version uint64, requestID string) {
 	old := s.tenants[id]
 	if old != nil {
@@ -89,62 +100,80 @@ func (s *State) applyLocked(id string, snap *snapshot, version uint64, requestID
 		return
 	}
 	nv := &tenantView{
-		tenant: snap.tenant,
-		sites:  map[string]*store.Site{},
-		apps:   map[string]*store.Appliance{},
-		peers:  map[string]netmap.Peer{},
-		selves: map[string]selfContext{},
-		maps:   map[string]*netmap.Netmap{},
+		tenant:  snap.tenant,
+		sites:   make(map[string]*store.Site, len(snap.sites)),
+		apps:    make(map[string]*store.Appliance, len(snap.apps)),
+		entries: make(map[string]*netmap.PeerEntry, len(snap.apps)),
+		selves:  make(map[string]selfContext, len(snap.apps)),
+		maps:    make(map[string]*netmap.Netmap, len(snap.apps)),
 	}
 	for _, site := range snap.sites {
 		nv.sites[site.ID] = site
 	}
+	// Which peer entries differ from the old view? Unchanged ones keep
+	// their encoding. changed lists the appliances whose entry changed;
+	// changedNames the names their peers knew them by, before and after.
+	var changed, changedNames []string
 	for _, a := range snap.apps {
 		site := nv.sites[a.SiteID]
 		if a.State != store.ApplianceActive || site == nil {
 			continue
 		}
 		nv.apps[a.ID] = a
-		nv.peers[a.ID] = peerOf(a, site)
+		p := peerOf(a, site)
+		var oe *netmap.PeerEntry
+		if old != nil {
+			oe = old.entries[a.ID]
+		}
+		switch op := oe.Peer(); {
+		case oe != nil && op.Equal(&p):
+			nv.entries[a.ID] = oe
+		case oe != nil && op.Name != p.Name:
+			changedNames = append(changedNames, op.Name)
+			fallthrough
+		default:
+			nv.entries[a.ID] = netmap.NewPeerEntry(p)
+			changed = append(changed, a.ID)
+			changedNames = append(changedNames, p.Name)
+		}
 		nv.selves[a.ID] = selfOf(a, site)
 		s.devices[a.CredentialHash] = deviceRef{tenantID: id, applianceID: a.ID}
 	}
-
-	// Which peer entries differ from the old view?
-	changed := map[string]bool{}
-	for appID, p := range nv.peers {
-		if old == nil {
-			changed[appID] = true
-		} else if op, ok := old.peers[appID]; !ok || !op.Equal(&p) {
-			changed[appID] = true
-		}
-	}
 	if old != nil {
-		for appID := range old.peers {
-			if _, ok := nv.peers[appID]; !ok {
-				changed[appID] = true
+		for appID, e := range old.entries {
+			if nv.apps[appID] == nil {
+				changed = append(changed, appID)
+				changedNames = append(changedNames, e.Peer().Name)
 			}
 		}
 	}
+	if old != nil && len(changed) == 0 {
+		nv.table, nv.index = old.table, old.index
+	} else {
+		nv.table, nv.index = buildTable(nv.apps, nv.entries)
+	}
 
-	var sorted []string // live appliance ids by name
+	var selvesChanged []string
 	for appID, a := range nv.apps {
 		var om *netmap.Netmap
 		if old != nil {
 			om = old.maps[appID]
 		}
-		othersChanged := len(changed) > 1 || (len(changed) == 1 && !changed[appID])
-		if om != nil && old.selves[appID] == nv.selves[appID] && !othersChanged {
+		selfSame := old != nil && old.selves[appID] == nv.selves[appID]
+		othersChanged := len(changed) > 1 || (len(changed) == 1 && changed[0] != appID)
+		if om != nil && selfSame && !othersChanged {
 			nv.maps[appID] = om
 			continue
 		}
-		if sorted == nil {
-			sorted = sortedByName(nv.apps)
-		}
-		m := nv.compile(a, sorted)
-		if om != nil && om.SameContent(m) {
+		m := nv.compile(a)
+		if om != nil && !othersChanged && om.SameContent(m) {
+			// Its own record changed in a way its netmap does not show
+			// (a keepalive with no peer to keep alive).
 			nv.maps[appID] = om
 			continue
+		}
+		if !selfSame {
+			selvesChanged = append(selvesChanged, appID)
 		}
 		m.Version, m.RequestID = version, requestID
 		nv.maps[appID] = m
@@ -157,10 +186,16 @@ func (s *State) applyLocked(id string, snap *snapshot, version uint64, requestID
 			}
 		}
 	}
+	if old == nil {
+		nv.history = newHistory(version)
+	} else {
+		nv.history = old.history.add(version, changedNames, selvesChanged)
+	}
 	s.tenants[id] = nv
 }
 
-func sortedByName(apps map[string]*store.Appliance) []string {
+// buildTable sorts the entries of the live appliances by name.
+func buildTable(apps map[string]*store.Appliance, entries map[string]*netmap.PeerEntry) (*netmap.Table, map[string]int) {
 	ids := make([]string, 0, len(apps))
 	for id := range apps {
 		ids = append(ids, id)
@@ -168,31 +203,28 @@ func sortedByName(apps map[string]*store.Appliance) []string {
 	slices.SortFunc(ids, func(a, b string) int {
 		return cmp.Or(cmp.Compare(apps[a].Name, apps[b].Name), cmp.Compare(a, b))
 	})
-	return ids
+	list := make([]*netmap.PeerEntry, len(ids))
+	index := make(map[string]int, len(ids))
+	for i, id := range ids {
+		list[i] = entries[id]
+		index[id] = i
+	}
+	return netmap.NewTable(list), index
 }
 
-// compile builds the netmap of appliance a (without version).
-func (v *tenantView) compile(a *store.Appliance, sorted []string) *netmap.Netmap {
+// compile builds the netmap of appliance a (without version): its own part
+// and a reference to the tenant's table, less itself.
+func (v *tenantView) compile(a *store.Appliance) *netmap.Netmap {
 	site := v.sites[a.SiteID]
-	keepalive := keepaliveFor(a, site)
-	m := &netmap.Netmap{
+	head := netmap.Netmap{
 		Tenant:      v.tenant.ID,
 		Appliance:   a.ID,
 		Site:        site.ID,
 		Name:        a.Name,
 		OverlayAddr: a.OverlayAddr,
 		LANPrefixes: slices.Clone(site.LANPrefixes),
-		Peers:       make([]netmap.Peer, 0, max(len(sorted)-1, 0)),
 	}
-	for _, id := range sorted {
-		if id == a.ID {
-			continue
-		}
-		p := v.peers[id]
-		p.Keepalive = keepalive
-		m.Peers = append(m.Peers, p)
-	}
-	return m
+	return netmap.Shared(head, v.table, v.index[a.ID], keepaliveFor(a, site))
 }
 
 // allocAddr returns the lowest overlay address not in used.

@@ -247,6 +247,9 @@ func (s *State) poll(ctx context.Context) error {
 		type batch struct {
 			changes []*store.Change
 			snaps   map[string]*snapshot
+			// last is the newest change in the snapshot when the batch
+			// is full (it may then run ahead of the batch), else 0.
+			last int64
 		}
 		b, err := store.Read(ctx, s.store, func(tx *store.Tx) (*batch, error) {
 			cs, err := tx.ChangesSince(ctx, from, pollBatch)
@@ -254,6 +257,11 @@ func (s *State) poll(ctx context.Context) error {
 				return nil, err
 			}
 			b := &batch{changes: cs, snaps: map[string]*snapshot{}}
+			if len(cs) == pollBatch {
+				if b.last, err = tx.LastChangeID(ctx); err != nil {
+					return nil, err
+				}
+			}
 			for _, c := range cs {
 				if b.snaps[c.TenantID] == nil {
 					if b.snaps[c.TenantID], err = loadTenant(ctx, tx, c.TenantID); err != nil {
@@ -276,6 +284,11 @@ func (s *State) poll(ctx context.Context) error {
 		s.lastPoll = now
 		for id, c := range lastOf {
 			s.applyLocked(id, b.snaps[id], uint64(c.ID), c.RequestID)
+			if v := s.tenants[id]; v != nil && b.last > 0 {
+				// The view may hold changes after its label, up to
+				// b.last: a delta from before that could miss them.
+				v.history = v.history.raiseFloor(uint64(b.last))
+			}
 		}
 		if n := len(b.changes); n > 0 {
 			from = b.changes[n-1].ID
@@ -351,9 +364,13 @@ func (s *State) record(ctx context.Context, tx *store.Tx, tenantID, kind, subjec
 	return c.ID, nil
 }
 
-// currentNetmap returns an appliance's compiled netmap, if it has one.
+// currentNetmap returns an appliance's compiled netmap, with its Peers
+// filled in, if it has one.
 func (s *State) currentNetmap(applianceID string) *netmap.Netmap {
-	return s.hub.Current(applianceID)
+	if nm := s.hub.Current(applianceID); nm != nil {
+		return nm.Full()
+	}
+	return nil
 }
 
 type requestIDKey struct{}
