@@ -225,11 +225,25 @@ func (c *Client) Enroll(ctx context.Context, req EnrollRequest) (*Enrollment, *n
 	return &Enrollment{Controller: c.base.String(), ApplianceID: out.Appliance.ID, Name: out.Appliance.Name, Credential: out.Credential}, nm, nil
 }
 
-// Sync long-polls for a netmap newer than since. It returns (nil, nil)
-// when the wait ended with nothing new.
-func (c *Client) Sync(ctx context.Context, since uint64, wait time.Duration) (*netmap.Netmap, error) {
+// netmapBaseHeader marks a sync answer that is a delta against the
+// version it names (the controller's api.NetmapBaseHeader).
+const netmapBaseHeader = "Causeway-Netmap-Base"
+
+// Sync long-polls for a netmap newer than have (nil before the first
+// one). It asks for a delta against have, which the controller sends when
+// it can (a change to a few peers of a large tenant is then a few hundred
+// bytes instead of every peer), and returns the full netmap either way. It
+// returns (nil, nil) when the wait ended with nothing new.
+func (c *Client) Sync(ctx context.Context, have *netmap.Netmap, wait time.Duration) (*netmap.Netmap, error) {
+	var since uint64
+	q := url.Values{"wait": {wait.String()}}
+	if have != nil {
+		since = have.Version
+		q.Set("delta", "1")
+	}
+	q.Set("since", strconv.FormatUint(since, 10))
 	u := c.base.JoinPath("/api/v1/sync")
-	u.RawQuery = url.Values{"since": {strconv.FormatUint(since, 10)}, "wait": {wait.String()}}.Encode()
+	u.RawQuery = q.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
@@ -244,13 +258,25 @@ func (c *Client) Sync(ctx context.Context, since uint64, wait time.Duration) (*n
 	case http.StatusNoContent:
 		return nil, nil
 	case http.StatusOK:
-		b, err := io.ReadAll(io.LimitReader(resp.Body, netmap.MaxSize+1))
-		if err != nil {
-			return nil, err
-		}
+	default:
+		return nil, apiError(resp)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, netmap.MaxSize+1))
+	if err != nil {
+		return nil, err
+	}
+	base := resp.Header.Get(netmapBaseHeader)
+	if base == "" {
 		return netmap.Decode(b)
 	}
-	return nil, apiError(resp)
+	if have == nil || base != strconv.FormatUint(have.Version, 10) {
+		return nil, fmt.Errorf("controller sent a delta against version %s, but this appliance holds %d", base, since)
+	}
+	d, err := netmap.DecodeDelta(b)
+	if err != nil {
+		return nil, err
+	}
+	return have.Apply(d)
 }
 
 func strs[T fmt.Stringer](vs []T) []string {

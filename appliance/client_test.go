@@ -5,15 +5,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/causeway-net/causeway/controller"
 	"github.com/causeway-net/causeway/controller/ctl"
+	"github.com/causeway-net/causeway/controller/netmap"
 	"github.com/causeway-net/causeway/dataplane/wgkey"
 )
 
@@ -101,7 +104,7 @@ func TestClientEnrollAndSync(t *testing.T) {
 
 	// Nothing new: the long-poll ends empty.
 	sync1, _ := NewClient(ClientOptions{Controller: e.srv.URL(), CAFingerprint: e.srv.CAFingerprint(), Credential: enr.Credential})
-	if got, err := sync1.Sync(ctx, nm.Version, 200*time.Millisecond); err != nil || got != nil {
+	if got, err := sync1.Sync(ctx, nm, 200*time.Millisecond); err != nil || got != nil {
 		t.Fatalf("idle sync: %v %v", got, err)
 	}
 	// A second appliance enrolling is pushed to the first while it waits.
@@ -112,7 +115,7 @@ func TestClientEnrollAndSync(t *testing.T) {
 	}
 	waiting := make(chan result, 1)
 	go func() {
-		got, err := sync1.Sync(ctx, nm.Version, 10*time.Second)
+		got, err := sync1.Sync(ctx, nm, 10*time.Second)
 		waiting <- result{got, err, time.Now()}
 	}()
 	time.Sleep(100 * time.Millisecond)
@@ -129,7 +132,15 @@ func TestClientEnrollAndSync(t *testing.T) {
 	if lag := r.at.Sub(start); lag > time.Second {
 		t.Errorf("push took %v", lag)
 	}
-	got, _ := sync1.Sync(ctx, nm.Version, 0)
+	got, err := sync1.Sync(ctx, nm, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same answer as a full netmap (no base held) has the same content.
+	full, err := sync1.Sync(ctx, nil, 0)
+	if err != nil || full == nil || !full.SameContent(got) || full.Version != got.Version {
+		t.Fatalf("full netmap %+v differs from the delta-built %+v (%v)", full, got, err)
+	}
 	if got == nil || len(got.Peers) != 1 || got.Peers[0].PublicKey != k2.Public() || got.Peers[0].Prefixes[0].String() != "10.20.0.0/24" {
 		t.Fatalf("netmap after peer joined: %+v", got)
 	}
@@ -155,7 +166,7 @@ func TestClientEnrollAndSync(t *testing.T) {
 
 	// A bad credential is refused for good.
 	bad, _ := NewClient(ClientOptions{Controller: e.srv.URL(), CAFingerprint: e.srv.CAFingerprint(), Credential: "nope"})
-	if _, err := bad.Sync(ctx, 0, 0); !errors.As(err, &ae) || ae.Status != 401 {
+	if _, err := bad.Sync(ctx, nil, 0); !errors.As(err, &ae) || ae.Status != 401 {
 		t.Fatalf("bad credential: %v", err)
 	}
 }
@@ -187,5 +198,58 @@ func TestBackoffBounds(t *testing.T) {
 	}
 	if d := backoff(1, 30*time.Second); d > 250*time.Millisecond {
 		t.Errorf("first retry after %v", d)
+	}
+}
+
+// headerSpy records the response headers the client sees.
+type headerSpy struct {
+	rt   http.RoundTripper
+	base []string
+}
+
+func (h *headerSpy) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := h.rt.RoundTrip(r)
+	if err == nil {
+		h.base = append(h.base, resp.Header.Get(netmapBaseHeader))
+	}
+	return resp, err
+}
+
+func TestClientAppliesDeltas(t *testing.T) {
+	e := startController(t)
+	e.ctl(t, "tenant", "create", "acme")
+	e.ctl(t, "site", "create", "acme", "office-1", "--kind", "office", "--prefix", "10.10.0.0/24")
+	ctx := context.Background()
+	enroll := func() (*Enrollment, *netmap.Netmap) {
+		k, _ := wgkey.NewPrivate()
+		c, _ := NewClient(ClientOptions{Controller: e.srv.URL(), CAFingerprint: e.srv.CAFingerprint()})
+		enr, nm, err := c.Enroll(ctx, EnrollRequest{Token: e.token(t, "acme", "office-1"), PublicKey: k.Public()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return enr, nm
+	}
+	first, _ := enroll()
+	for range 5 {
+		enroll()
+	}
+	c, _ := NewClient(ClientOptions{Controller: e.srv.URL(), CAFingerprint: e.srv.CAFingerprint(), Credential: first.Credential})
+	spy := &headerSpy{rt: c.http.Transport}
+	c.http.Transport = spy
+	have, err := c.Sync(ctx, nil, 0)
+	if err != nil || have == nil || len(have.Peers) != 5 {
+		t.Fatalf("first sync: %+v %v", have, err)
+	}
+	enroll() // one new peer of six: small enough for a delta
+	got, err := c.Sync(ctx, have, 5*time.Second)
+	if err != nil || got == nil {
+		t.Fatalf("delta sync: %v", err)
+	}
+	if spy.base[len(spy.base)-1] != strconv.FormatUint(have.Version, 10) {
+		t.Fatalf("controller did not answer with a delta against %d (base headers %q)", have.Version, spy.base)
+	}
+	full, err := c.Sync(ctx, nil, 0)
+	if err != nil || !full.SameContent(got) || full.Version != got.Version || len(got.Peers) != 6 {
+		t.Fatalf("delta-built netmap differs from the full one:\n%+v\n%+v", got, full)
 	}
 }

@@ -105,20 +105,17 @@ func RunManaged(ctx context.Context, o ManagedOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	var since uint64
-	if first != nil {
-		since = first.Version
-	}
+	have := first
 	failures := 0
 	for ctx.Err() == nil {
-		nm, err := c.Sync(ctx, since, o.SyncWait)
+		nm, err := c.Sync(ctx, have, o.SyncWait)
 		if ctx.Err() != nil {
 			break
 		}
 		if err != nil {
 			failures++
 			d := backoff(failures, o.MaxBackoff)
-			log.Warn("sync failed; the overlay keeps running on the last netmap", "err", err, "retry_in", d.Round(time.Millisecond).String(), "netmap_version", since)
+			log.Warn("sync failed; the overlay keeps running on the last netmap", "err", err, "retry_in", d.Round(time.Millisecond).String(), "netmap_version", version(have))
 			sleep(ctx, d)
 			continue
 		}
@@ -129,13 +126,20 @@ func RunManaged(ctx context.Context, o ManagedOptions) (err error) {
 		if nm == nil {
 			continue
 		}
-		since = nm.Version
+		have = nm
 		if err := m.apply(nm); err != nil {
 			log.Error("netmap refused; keeping the running config", "version", nm.Version, "request_id", nm.RequestID, "err", err)
 		}
 	}
 	log.Info("shutting down", "reason", "signal")
 	return nil
+}
+
+func version(nm *netmap.Netmap) uint64 {
+	if nm == nil {
+		return 0
+	}
+	return nm.Version
 }
 
 func enrollWithRetry(ctx context.Context, c *Client, req EnrollRequest, maxBackoff time.Duration, log *slog.Logger) (*Enrollment, *netmap.Netmap, error) {
