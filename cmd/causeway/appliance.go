@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -49,6 +50,7 @@ Flags:`)
 	stateDir := fs.String("state-dir", envDefault("CAUSEWAY_STATE_DIR", "/var/lib/causeway"), "with --controller: directory for the key, credential and last netmap (env CAUSEWAY_STATE_DIR)")
 	name := fs.String("name", envDefault("CAUSEWAY_NAME", ""), "with --controller: appliance name to ask for at enrollment (env CAUSEWAY_NAME)")
 	endpoints := fs.String("endpoints", envDefault("CAUSEWAY_ENDPOINTS", ""), "with --controller: comma-separated IP:port where peers reach this appliance; empty if it only dials out (env CAUSEWAY_ENDPOINTS)")
+	uplinks := fs.String("uplinks", envDefault("CAUSEWAY_UPLINKS", ""), "with --controller: comma-separated WAN interface names; each gets a WireGuard socket pinned to it (multipath bind); empty uses one kernel-routed socket (env CAUSEWAY_UPLINKS)")
 	iface := fs.String("interface", envDefault("CAUSEWAY_INTERFACE", appliance.DefaultInterface), "with --controller: overlay interface name (env CAUSEWAY_INTERFACE)")
 	port := fs.Uint("listen-port", appliance.DefaultListenPort, "with --controller: WireGuard UDP port (env CAUSEWAY_LISTEN_PORT)")
 	mtu := fs.Int("mtu", 0, "with --controller: overlay MTU, 0 derives it (env CAUSEWAY_MTU)")
@@ -70,6 +72,9 @@ Flags:`)
 	if err != nil {
 		return err
 	}
+	if n, set := applianceProcs(); set {
+		log.Info("Go threads limited to leave the kernel's packet processing a core", "gomaxprocs", n, "cpus", runtime.NumCPU())
+	}
 	if *controller != "" {
 		if *port == 0 || *port > 65535 {
 			return usagef("--listen-port: want 1-65535, got %d", *port)
@@ -85,8 +90,19 @@ Flags:`)
 			}
 			eps = append(eps, ep)
 		}
+		var ups []appliance.Uplink
+		for _, s := range strings.Split(*uplinks, ",") {
+			if s = strings.TrimSpace(s); s == "" {
+				continue
+			}
+			if len(s) > 15 || strings.ContainsAny(s, "/ ") {
+				return usagef("--uplinks: %q is not an interface name", s)
+			}
+			ups = append(ups, appliance.Uplink{Name: s, Interface: s})
+		}
 		return appliance.RunManaged(ctx, appliance.ManagedOptions{
-			Local:      appliance.Local{StateDir: *stateDir, Interface: *iface, ListenPort: uint16(*port), MTU: *mtu, HTTPListen: *httpListen},
+			Local: appliance.Local{StateDir: *stateDir, Interface: *iface, ListenPort: uint16(*port), MTU: *mtu,
+				HTTPListen: *httpListen, Uplinks: ups},
 			Controller: *controller, CAFingerprint: *caPin, Token: *token, Name: *name, Endpoints: eps,
 			Logger: log,
 		})
@@ -139,6 +155,20 @@ func runAppliancePubkey(args []string) error {
 	}
 	fmt.Println(k.Public())
 	return nil
+}
+
+// applianceProcs leaves one CPU to the kernel, unless GOMAXPROCS is set
+// in the environment. Every packet the appliance forwards also costs the
+// kernel softirq time (the LAN side, the TUN, the UDP sockets); with Go
+// threads on every core the two fight over the same CPUs, and on a small
+// box that costs throughput (see docs/benchmarks.md).
+func applianceProcs() (int, bool) {
+	if _, ok := os.LookupEnv("GOMAXPROCS"); ok || runtime.NumCPU() < 2 {
+		return runtime.GOMAXPROCS(0), false
+	}
+	n := runtime.NumCPU() - 1
+	runtime.GOMAXPROCS(n)
+	return n, true
 }
 
 // newLogger returns a JSON logger on stdout at the named level.
