@@ -44,7 +44,7 @@ func TestCLI(t *testing.T) {
 
 	for _, args := range [][]string{
 		{"lab", "--help"}, {"lab", "up", "--help"}, {"lab", "status", "--help"},
-		{"lab", "down", "--help"}, {"lab", "exec", "--help"},
+		{"lab", "down", "--help"}, {"lab", "exec", "--help"}, {"lab", "ctl", "--help"},
 	} {
 		if _, stderr, code := causeway(t, args...); code != 0 || !strings.Contains(stderr, "Usage: causeway lab") {
 			t.Errorf("causeway %v: exit %d:\n%s", args, code, stderr)
@@ -59,6 +59,7 @@ func TestCLI(t *testing.T) {
 		{[]string{"lab", "nosuch"}, "unknown lab command"},
 		{[]string{"lab", "exec", "--instance", inst}, "want a node and a command"},
 		{[]string{"lab", "down", "extra"}, "unexpected argument"},
+		{[]string{"lab", "ctl", "--instance", inst, "appliance"}, "want a ctl command"},
 		{[]string{"lab", "up", "--state-root", "relative"}, "--state-root"},
 	} {
 		_, stderr, code := causeway(t, tc.args...)
@@ -74,7 +75,8 @@ func TestCLI(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("lab up: exit %d\n%s\n%s", code, stdout, stderr)
 	}
-	if !strings.Contains(stdout, "causeway lab exec --instance "+inst+" office-1-host -- curl -s http://10.20.0.10/") {
+	if !strings.Contains(stdout, "causeway lab exec --instance "+inst+" office-1-host -- curl -s http://10.20.0.10/") ||
+		!strings.Contains(stdout, "causeway lab ctl --instance "+inst+" appliance list demo") {
 		t.Errorf("lab up prints no hint to try:\n%s", stdout)
 	}
 	if _, stderr, code := causeway(t, "lab", "up", "--instance", inst); code == 0 || !strings.Contains(stderr, "already exists") {
@@ -109,6 +111,12 @@ func TestCLI(t *testing.T) {
 			Host string `json:"host"`
 			URL  string `json:"url"`
 		} `json:"services"`
+		Controller struct {
+			URL           string `json:"url"`
+			Netns         string `json:"netns"`
+			PID           int    `json:"pid"`
+			CAFingerprint string `json:"ca_fingerprint"`
+		} `json:"controller"`
 	}
 	// Decode by the documented field names only: fields may be added.
 	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
@@ -133,6 +141,23 @@ func TestCLI(t *testing.T) {
 	}
 	if sv := st.Services[0]; sv.Name != "backend-http" || sv.Host != "vpc-1-backend-1" || sv.URL != "http://10.20.0.10/" {
 		t.Errorf("service %+v", sv)
+	}
+	if c := st.Controller; c.URL != "https://198.18.0.2:8443" || c.Netns != "cw-"+inst+"-cloud" || c.PID <= 0 || len(c.CAFingerprint) != 64 {
+		t.Errorf("controller %+v", c)
+	}
+
+	// ctl: the operator's view, through the controller's API.
+	stdout, stderr, code = causeway(t, "lab", "ctl", "--instance", inst, "appliance", "list", "demo")
+	if code != 0 || !strings.Contains(stdout, "OVERLAY_ADDR") {
+		t.Errorf("lab ctl appliance list: exit %d:\n%s%s", code, stdout, stderr)
+	}
+	for _, a := range st.Appliances {
+		if !strings.Contains(stdout, a.Name) || !strings.Contains(stdout, a.OverlayAddr) {
+			t.Errorf("lab ctl appliance list lacks %s (%s):\n%s", a.Name, a.OverlayAddr, stdout)
+		}
+	}
+	if _, stderr, code := causeway(t, "lab", "ctl", "--instance", inst, "appliance", "get", "demo", "nosuch"); code != 1 || !strings.Contains(stderr, "404") {
+		t.Errorf("lab ctl appliance get of a missing appliance: exit %d: %s", code, stderr)
 	}
 
 	stdout, _, code = causeway(t, "lab", "status", "--instance", inst)

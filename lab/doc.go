@@ -1,7 +1,10 @@
 // Package lab builds a demo Causeway overlay out of Linux network namespaces
-// on one machine: an Internet router, three sites (an office, a cloud VPC and
-// a home network behind NAT), their appliances and a few hosts, for
-// `causeway lab` and for the end-to-end tests.
+// on one machine: an Internet router, a controller in the cloud, three sites
+// (an office, a cloud VPC and a home network behind NAT), their appliances
+// and a few hosts, for `causeway lab` and for the end-to-end tests. The lab
+// creates the tenant, the sites and one enrollment token per site through
+// the controller's API, and every appliance enrolls and follows the
+// controller: the lab writes no appliance config of its own.
 //
 // Everything lives inside namespaces named cw-<instance>-<node>; nothing is
 // configured in the namespace the caller runs in. Every instance keeps its
@@ -13,8 +16,9 @@
 // The topology (addresses in the underlay 198.18.0.0/15, the sites' LANs in
 // 10.0.0.0/8 and 172.16.0.0/12, overlay addresses in 100.64.0.0/10):
 //
-//	office-1-host ─ [office-1-lan] ─ office-1 ─┐
+//	                                  cloud (controller)
 //	                                           │
+//	office-1-host ─ [office-1-lan] ─ office-1 ─┤
 //	vpc-1-backend-1 ┬ [vpc-1-lan] ── vpc-1 ────┼─ inet
 //	vpc-1-backend-2 ┘                          │
 //	                                           │ (MTU 1400)

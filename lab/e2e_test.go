@@ -251,6 +251,7 @@ func TestEndToEnd(t *testing.T) {
 		for _, s := range st.Services {
 			pids = append(pids, s.PID)
 		}
+		pids = append(pids, st.Controller.PID)
 		if err := l.Down(); err != nil {
 			t.Fatal(err)
 		}

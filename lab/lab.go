@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,20 +92,23 @@ type Lab struct {
 	log       *slog.Logger // with the instance name
 	baseLog   *slog.Logger // without it, for Remove
 
-	mu       sync.Mutex // guards the fields below and serializes state file writes
-	st       *stateFile
-	children map[string]*child // processes started by this process, by name
+	mu        sync.Mutex // guards the fields below and serializes state file writes
+	st        *stateFile
+	children  map[string]*child // processes started by this process, by name
+	ctlClient *http.Client      // see ControllerClient; nil until first used
 }
 
 // ErrExists is returned by Up when the instance already exists.
 var ErrExists = errors.New("lab instance already exists")
 
 // Up builds the instance: namespaces, links, addresses, routes, the home
-// router's NAT, the appliances' configs and keys; it then starts the
-// backend service and the appliances and returns once every appliance is
-// healthy and the hosts at office-1 and home-1 can fetch the backend's page
-// through the overlay. On error, and when ctx is cancelled, it tears down
-// whatever it built.
+// router's NAT. It then starts the backend service and the controller,
+// creates the tenant, the sites and one enrollment token per site through
+// the controller's API, and starts the appliances, which enroll with their
+// tokens. It returns once every appliance has applied a netmap that lists
+// all the others and the hosts at office-1 and home-1 can fetch the
+// backend's page through the overlay. On error, and when ctx is
+// cancelled, it tears down whatever it built.
 func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	o, err := opts.withDefaults()
 	if err != nil {
@@ -176,42 +180,46 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
-	cfgs, err := applianceConfigs(l.t, l.dir)
-	if err != nil {
-		return nil, fmt.Errorf("lab: %w", err)
-	}
 	for _, a := range l.t.appliances {
-		if _, err := writeApplianceConfig(cfgs[a.name]); err != nil {
-			return nil, err
+		if err := os.Mkdir(l.applianceDir(a.name), 0o700); err != nil {
+			return nil, fmt.Errorf("lab: %w", err)
 		}
 	}
 	l.log.Info("topology built", "elapsed", time.Since(start).Round(time.Millisecond))
 
 	wctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
+	if err := l.startController(wctx); err != nil {
+		return nil, err
+	}
 	for _, sv := range l.t.services {
 		if err := l.startService(wctx, sv); err != nil {
 			return nil, err
 		}
 	}
-	// Appliances that others dial first: one behind NAT starts its
-	// handshakes at once, and one sent before its peer listens is only
-	// retried five seconds later.
-	for _, natted := range []bool{false, true} {
-		var started []string
-		for _, a := range l.t.appliances {
-			if a.natted == natted {
-				if err := l.startAppliance(a.name); err != nil {
-					return nil, err
-				}
-				started = append(started, a.name)
-			}
+	tokens, err := l.provision(wctx)
+	if err != nil {
+		return nil, err
+	}
+	l.log.Info("tenant, sites and enrollment tokens created", "tenant", l.Tenant())
+	fp, err := l.CAFingerprint()
+	if err != nil {
+		return nil, err
+	}
+	// One at a time, in topology order, so that the controller hands out
+	// the overlay addresses in that order, and the appliance behind NAT
+	// last: it starts its handshakes at once, and one that reaches a peer
+	// which does not know it yet is only retried five seconds later.
+	for _, a := range l.t.appliances {
+		if err := l.startAppliance(a.name, fp, tokens[a.name]); err != nil {
+			return nil, err
 		}
-		for _, name := range started {
-			if err := l.waitHealthy(wctx, name); err != nil {
-				return nil, err
-			}
+		if err := l.waitHealthy(wctx, a.name); err != nil {
+			return nil, err
 		}
+	}
+	if err := l.waitNetmaps(wctx); err != nil {
+		return nil, err
 	}
 	for _, host := range []string{"office-1-host", "home-1-host"} {
 		if err := l.waitReachable(wctx, host, l.t.services[0]); err != nil {
@@ -274,11 +282,21 @@ func (l *Lab) Status() Status {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.reloadLocked()
-	return buildStatus(l.t, l.instance, l.dir, func(name string) int {
-		if r := l.procLocked(name); r != nil && r.isOurs() {
-			return r.PID
-		}
-		return 0
+	fp, _ := l.CAFingerprint()
+	return buildStatus(l.t, l.instance, l.dir, liveState{
+		pid: func(name string) int {
+			if r := l.procLocked(name); r != nil && r.isOurs() {
+				return r.PID
+			}
+			return 0
+		},
+		overlay: func(name string) string {
+			if nm, err := appliance.LoadNetmap(l.applianceDir(name)); err == nil && nm != nil {
+				return nm.OverlayAddr.String()
+			}
+			return ""
+		},
+		caFingerprint: fp,
 	})
 }
 
@@ -363,18 +381,36 @@ func (l *Lab) HTTPClient(node string) *http.Client {
 	}}
 }
 
-// ApplianceConfig returns the named appliance's config as written to its
-// state directory, or nil if there is no such appliance (or its config
-// cannot be read). The result is a fresh copy.
+// ApplianceConfig returns the config the named appliance runs with: the
+// one it derives from the last netmap it applied (saved in its state
+// directory) and the lab's local settings. It is nil if there is no such
+// appliance or it has applied no netmap yet. The result is a fresh copy.
 func (l *Lab) ApplianceConfig(name string) *appliance.Config {
-	if l.t.appliance(name) == nil {
+	a := l.t.appliance(name)
+	if a == nil {
 		return nil
 	}
-	cfg, err := appliance.LoadConfig(l.configPath(name))
+	nm, err := appliance.LoadNetmap(l.applianceDir(name))
+	if err != nil || nm == nil {
+		return nil
+	}
+	cfg, err := appliance.ConfigFromNetmap(l.local(a), nm)
 	if err != nil {
 		return nil
 	}
 	return cfg
+}
+
+// local is what the lab decides for an appliance itself; everything else
+// comes from the controller's netmap. It matches applianceArgv.
+func (l *Lab) local(a *applianceSpec) appliance.Local {
+	return appliance.Local{
+		StateDir:   l.applianceDir(a.name),
+		Interface:  appliance.DefaultInterface,
+		ListenPort: listenPort,
+		HTTPListen: appliance.DefaultHTTPListen,
+		Uplinks:    []appliance.Uplink{{Name: a.wan, Interface: a.wan}},
+	}
 }
 
 // UnderlayFragments returns how many IPv4 fragments the routers on the
@@ -392,11 +428,14 @@ func (l *Lab) UnderlayFragments() (uint64, error) {
 	return total, nil
 }
 
-// LogPath returns the log file of an appliance or service, or "".
+// LogPath returns the log file of an appliance, a service or the
+// controller ("controller"), or "".
 func (l *Lab) LogPath(name string) string {
 	switch {
+	case name == controllerName:
+		return filepath.Join(l.dir, controllerName+".log")
 	case l.t.appliance(name) != nil:
-		return filepath.Join(l.dir, name, applianceLog)
+		return filepath.Join(l.applianceDir(name), applianceLog)
 	case l.service(name) != nil:
 		return filepath.Join(l.dir, name+".log")
 	}
@@ -412,9 +451,9 @@ func (l *Lab) service(name string) *serviceSpec {
 	return nil
 }
 
-func (l *Lab) configPath(name string) string {
-	return filepath.Join(l.dir, name, configFileName)
-}
+// applianceDir is the appliance's state directory: its key, credential,
+// last netmap and log.
+func (l *Lab) applianceDir(name string) string { return filepath.Join(l.dir, name) }
 
 // StopAppliance stops the named appliance (SIGTERM, SIGKILL after a
 // timeout) and waits for it to exit. Stopping a stopped appliance is not
@@ -442,7 +481,9 @@ func (l *Lab) StopAppliance(name string) error {
 }
 
 // StartAppliance starts the named appliance again (after StopAppliance)
-// and waits until it reports healthy.
+// and waits until it reports healthy. It is enrolled already, so it needs
+// no token: it comes up from the netmap it saved and follows the
+// controller again, or, with the controller down, runs on that netmap.
 func (l *Lab) StartAppliance(ctx context.Context, name string) error {
 	if l.t.appliance(name) == nil {
 		return fmt.Errorf("lab: no appliance %q", name)
@@ -454,7 +495,14 @@ func (l *Lab) StartAppliance(ctx context.Context, name string) error {
 		return fmt.Errorf("lab: appliance %s is already running (pid %d)", name, r.PID)
 	}
 	l.mu.Unlock()
-	if err := l.startAppliance(name); err != nil {
+	if enr, err := appliance.LoadEnrollment(l.applianceDir(name)); err != nil || enr == nil {
+		return fmt.Errorf("lab: appliance %s has not enrolled (%v): take the lab down and up again", name, err)
+	}
+	fp, err := l.CAFingerprint()
+	if err != nil {
+		return err
+	}
+	if err := l.startAppliance(name, fp, ""); err != nil {
 		return err
 	}
 	wctx, cancel := context.WithTimeout(ctx, readyTimeout)
@@ -462,10 +510,32 @@ func (l *Lab) StartAppliance(ctx context.Context, name string) error {
 	return l.waitHealthy(wctx, name)
 }
 
-// startAppliance starts `causeway appliance` in the appliance's namespace.
-func (l *Lab) startAppliance(name string) error {
-	argv := []string{l.binary, "appliance", "--config", l.configPath(name)}
-	r, c, err := startProcess(l.binary, netnsName(l.instance, name), argv, l.LogPath(name))
+// applianceArgv is the command line of a controller-managed appliance.
+// An appliance behind NAT reports no endpoints: it only dials out.
+func (l *Lab) applianceArgv(a *applianceSpec, caFingerprint string) []string {
+	argv := []string{l.binary, "appliance",
+		"--controller", l.ControllerURL(),
+		"--ca-fingerprint", caFingerprint,
+		"--state-dir", l.applianceDir(a.name),
+		"--name", a.name,
+		"--uplinks", a.wan,
+	}
+	if !a.natted {
+		wan := l.t.iface(a.name, a.wan)
+		argv = append(argv, "--endpoints", netip.AddrPortFrom(wan.addr.Addr(), listenPort).String())
+	}
+	return argv
+}
+
+// startAppliance starts `causeway appliance` in the appliance's namespace;
+// token, if set, is the one-time enrollment token for its first start.
+func (l *Lab) startAppliance(name, caFingerprint, token string) error {
+	argv := l.applianceArgv(l.t.appliance(name), caFingerprint)
+	var env []string
+	if token != "" {
+		env = append(env, "CAUSEWAY_ENROLL_TOKEN="+token)
+	}
+	r, c, err := startProcess(l.binary, netnsName(l.instance, name), argv, l.LogPath(name), env...)
 	r.Name, r.Kind, r.Node = name, kindAppliance, name
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -564,6 +634,33 @@ func (l *Lab) waitHealthy(ctx context.Context, name string) error {
 		return fmt.Errorf("lab: appliance %s not healthy: %w%s", name, err, logTail(rec.Log))
 	}
 	l.log.Info("appliance healthy", "appliance", name)
+	return nil
+}
+
+// waitNetmaps waits until every appliance has applied (and saved) a
+// netmap that lists every other appliance as a peer.
+func (l *Lab) waitNetmaps(ctx context.Context) error {
+	want := len(l.t.appliances) - 1
+	err := poll(ctx, func(ctx context.Context) error {
+		for _, a := range l.t.appliances {
+			nm, err := appliance.LoadNetmap(l.applianceDir(a.name))
+			if err != nil {
+				return err
+			}
+			if nm == nil || len(nm.Peers) != want {
+				n := 0
+				if nm != nil {
+					n = len(nm.Peers)
+				}
+				return fmt.Errorf("%s has applied a netmap with %d of %d peers", a.name, n, want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("lab: the appliances did not converge: %w", err)
+	}
+	l.log.Info("every appliance has every peer")
 	return nil
 }
 

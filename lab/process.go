@@ -17,8 +17,9 @@ import (
 
 // Process kinds in the state file.
 const (
-	kindAppliance = "appliance"
-	kindService   = "service"
+	kindAppliance  = "appliance"
+	kindService    = "service"
+	kindController = "controller"
 )
 
 // How long a process gets to exit after SIGTERM before SIGKILL, and after
@@ -32,8 +33,8 @@ const (
 // PID alone is not an identity (PIDs are reused): a process is ours only
 // while its start time and command line still match the record.
 type procRecord struct {
-	Name string `json:"name"` // appliance or service name
-	Kind string `json:"kind"` // kindAppliance or kindService
+	Name string `json:"name"` // appliance, service or controller name
+	Kind string `json:"kind"` // kindAppliance, kindService or kindController
 	Node string `json:"node"`
 	PID  int    `json:"pid"`
 	// StartTime is field 22 of /proc/PID/stat: clock ticks after boot.
@@ -148,8 +149,10 @@ var errExited = errors.New("process exited")
 
 // startProcess starts argv in namespace ns through binary's nsexec,
 // detached from the caller's terminal (setsid), with stdout and stderr
-// appended to logPath.
-func startProcess(binary, ns string, argv []string, logPath string) (procRecord, *child, error) {
+// appended to logPath. env (KEY=value) is added to this process's
+// environment; it keeps secrets such as a one-time token off the command
+// line, which the state file records.
+func startProcess(binary, ns string, argv []string, logPath string, env ...string) (procRecord, *child, error) {
 	r := procRecord{Argv: argv, Wrapper: nsexecArgv(binary, ns, argv), Log: logPath}
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -160,6 +163,9 @@ func startProcess(binary, ns string, argv []string, logPath string) (procRecord,
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.Dir = "/"
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return r, nil, fmt.Errorf("starting %s: %w", argv[0], err)
@@ -237,6 +243,23 @@ func stopProcess(r procRecord, termTimeout time.Duration) error {
 	}
 	defer unix.Close(fd)
 	return stopPidfd(fd, r.PID, r.Name, termTimeout)
+}
+
+// killProcess ends a process the lab started with SIGKILL at once, the way
+// a crash or a power cut would, and waits for it to exit.
+func killProcess(r procRecord) error {
+	fd, err := r.openOurs()
+	if err != nil || fd < 0 {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("killing %s (pid %d): %w", r.Name, r.PID, err)
+	}
+	if !waitPidfd(fd, killTimeout) {
+		return fmt.Errorf("%s (pid %d) did not exit after SIGKILL", r.Name, r.PID)
+	}
+	return nil
 }
 
 func stopPidfd(fd, pid int, name string, termTimeout time.Duration) error {

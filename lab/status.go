@@ -17,6 +17,8 @@ type Status struct {
 	Hosts      []HostStatus      `json:"hosts"`
 	Appliances []ApplianceStatus `json:"appliances"`
 	Services   []ServiceStatus   `json:"services"`
+	// Controller is the controller the appliances enroll with and follow.
+	Controller ControllerStatus `json:"controller"`
 	// Nodes lists every namespace of the instance, including the routers
 	// and switches, for `causeway lab exec`.
 	Nodes []NodeStatus `json:"nodes"`
@@ -36,10 +38,12 @@ type ApplianceStatus struct {
 	Site  string `json:"site"`
 	Netns string `json:"netns"`
 	// PID is the appliance process, or 0 if it is not running.
-	PID         int            `json:"pid"`
-	Uplinks     []UplinkStatus `json:"uplinks"`
-	OverlayAddr string         `json:"overlay_addr"`
-	LANAddrs    []string       `json:"lan_addrs"`
+	PID     int            `json:"pid"`
+	Uplinks []UplinkStatus `json:"uplinks"`
+	// OverlayAddr is the address the controller allocated, from the last
+	// netmap the appliance applied; "" before the first.
+	OverlayAddr string   `json:"overlay_addr"`
+	LANAddrs    []string `json:"lan_addrs"`
 }
 
 // UplinkStatus is an appliance's WAN interface.
@@ -57,17 +61,40 @@ type ServiceStatus struct {
 	PID int `json:"pid"`
 }
 
+// ControllerStatus is the lab's controller.
+type ControllerStatus struct {
+	// URL is reachable from the lab's nodes only.
+	URL   string `json:"url"`
+	Netns string `json:"netns"`
+	// PID is the controller process, or 0 if it is not running.
+	PID int `json:"pid"`
+	// CAFingerprint is the hex SHA-256 of its CA certificate, which the
+	// appliances pin; "" before its first start.
+	CAFingerprint string `json:"ca_fingerprint"`
+	// Tenant holds the lab's sites.
+	Tenant string `json:"tenant"`
+}
+
 // NodeStatus is one namespace of the lab.
 type NodeStatus struct {
 	Name  string `json:"name"`
-	Role  string `json:"role"` // RoleRouter, RoleSwitch, RoleAppliance or RoleHost
-	Site  string `json:"site"` // "" for inet
+	Role  string `json:"role"` // RoleRouter, RoleSwitch, RoleAppliance, RoleHost or RoleController
+	Site  string `json:"site"` // "" for inet and cloud
 	Netns string `json:"netns"`
 }
 
-// buildStatus describes instance; pid returns the running process of an
-// appliance or service name, or 0.
-func buildStatus(t *topology, instance, dir string, pid func(name string) int) Status {
+// liveState is what buildStatus learns from the running instance.
+type liveState struct {
+	// pid returns the running process of an appliance, service or the
+	// controller, or 0.
+	pid func(name string) int
+	// overlay returns an appliance's overlay address, or "".
+	overlay       func(name string) string
+	caFingerprint string
+}
+
+// buildStatus describes instance.
+func buildStatus(t *topology, instance, dir string, live liveState) Status {
 	s := Status{
 		Instance:   instance,
 		StateDir:   dir,
@@ -88,8 +115,8 @@ func buildStatus(t *topology, instance, dir string, pid func(name string) int) S
 			Name:        a.name,
 			Site:        a.site,
 			Netns:       netnsName(instance, a.name),
-			PID:         pid(a.name),
-			OverlayAddr: a.overlay.String(),
+			PID:         live.pid(a.name),
+			OverlayAddr: live.overlay(a.name),
 			Uplinks:     []UplinkStatus{},
 			LANAddrs:    []string{},
 		}
@@ -105,7 +132,15 @@ func buildStatus(t *topology, instance, dir string, pid func(name string) int) S
 		s.Appliances = append(s.Appliances, as)
 	}
 	for _, sv := range t.services {
-		s.Services = append(s.Services, ServiceStatus{Name: sv.name, Host: sv.host, URL: serviceURL(sv), PID: pid(sv.name)})
+		s.Services = append(s.Services, ServiceStatus{Name: sv.name, Host: sv.host, URL: serviceURL(sv), PID: live.pid(sv.name)})
+	}
+	c := t.controller
+	s.Controller = ControllerStatus{
+		URL:           "https://" + c.listen.String(),
+		Netns:         netnsName(instance, c.node),
+		PID:           live.pid(controllerName),
+		CAFingerprint: live.caFingerprint,
+		Tenant:        c.tenant,
 	}
 	return s
 }
@@ -133,10 +168,18 @@ func (s Status) WriteText(w io.Writer) error {
 		for _, u := range a.Uplinks {
 			up = append(up, u.Name+"="+u.Addr)
 		}
-		rows = append(rows, []string{a.Name, a.Site, a.Netns, pidText(a.PID), a.OverlayAddr,
+		overlay := a.OverlayAddr
+		if overlay == "" {
+			overlay = "-"
+		}
+		rows = append(rows, []string{a.Name, a.Site, a.Netns, pidText(a.PID), overlay,
 			strings.Join(up, ","), strings.Join(a.LANAddrs, ",")})
 	}
 	fmt.Fprintf(w, "Lab instance %s (state in %s)\n\n", s.Instance, s.StateDir)
+	c := s.Controller
+	writeTable(w, []string{"CONTROLLER", "NETNS", "PID", "TENANT", "CA SHA-256"},
+		[][]string{{c.URL, c.Netns, pidText(c.PID), c.Tenant, c.CAFingerprint}})
+	fmt.Fprintln(w)
 	writeTable(w, []string{"APPLIANCE", "SITE", "NETNS", "PID", "OVERLAY", "UPLINKS", "LAN"}, rows)
 
 	rows = nil

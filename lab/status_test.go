@@ -14,9 +14,17 @@ import (
 // review the diff: scripts depend on it.
 const statusGolden = "testdata/status.golden.json"
 
+// testFingerprint stands in for the CA fingerprint of a real controller.
+const testFingerprint = "8f3b0c6e2a1d4f5b9c7e0a2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a3c5e7b9d0f"
+
 func testStatus() Status {
-	pids := map[string]int{"office-1": 101, "vpc-1": 102, "backend-http": 201}
-	return buildStatus(labTopology, "demo", "/run/causeway-lab/demo", func(name string) int { return pids[name] })
+	pids := map[string]int{"office-1": 101, "vpc-1": 102, "backend-http": 201, "controller": 200}
+	overlay := map[string]string{"office-1": "100.64.0.1", "vpc-1": "100.64.0.2", "home-1": "100.64.0.3"}
+	return buildStatus(labTopology, "demo", "/run/causeway-lab/demo", liveState{
+		pid:           func(name string) int { return pids[name] },
+		overlay:       func(name string) string { return overlay[name] },
+		caFingerprint: testFingerprint,
+	})
 }
 
 func TestStatusJSON(t *testing.T) {
@@ -58,7 +66,14 @@ func TestStatusShape(t *testing.T) {
 			Uplinks           []struct{ Name, Addr string }
 			OverlayAddr       string `json:"overlay_addr"`
 		} `json:"appliances"`
-		Services []struct{ Name, Host, URL string } `json:"services"`
+		Services   []struct{ Name, Host, URL string } `json:"services"`
+		Controller struct {
+			URL           string `json:"url"`
+			Netns         string `json:"netns"`
+			PID           int    `json:"pid"`
+			CAFingerprint string `json:"ca_fingerprint"`
+			Tenant        string `json:"tenant"`
+		} `json:"controller"`
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatal(err)
@@ -82,7 +97,11 @@ func TestStatusShape(t *testing.T) {
 	if sv.Name != "backend-http" || sv.Host != "vpc-1-backend-1" || sv.URL != "http://10.20.0.10/" {
 		t.Errorf("service %+v", sv)
 	}
-	for _, field := range []string{`"addrs"`, `"uplinks"`, `"overlay_addr"`, `"url"`} {
+	if c := s.Controller; c.URL != "https://198.18.0.2:8443" || c.Netns != "cw-demo-cloud" || c.PID != 200 ||
+		c.CAFingerprint != testFingerprint || c.Tenant != "demo" {
+		t.Errorf("controller %+v", c)
+	}
+	for _, field := range []string{`"addrs"`, `"uplinks"`, `"overlay_addr"`, `"url"`, `"ca_fingerprint"`} {
 		if !bytes.Contains(b, []byte(field)) {
 			t.Errorf("JSON lacks %s", field)
 		}
@@ -101,6 +120,7 @@ func TestStatusText(t *testing.T) {
 		"vpc-1-backend-1  vpc-1     cw-demo-vpc-1-backend-1  10.20.0.10",
 		"backend-http  vpc-1-backend-1  http://10.20.0.10/",
 		"Routers and switches: inet, office-1-lan",
+		"https://198.18.0.2:8443  cw-demo-cloud  200  demo    " + testFingerprint,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status text lacks %q:\n%s", want, out)

@@ -15,6 +15,9 @@ const (
 	RoleSwitch    = "switch"    // holds a site's LAN bridge
 	RoleAppliance = "appliance" // runs `causeway appliance`
 	RoleHost      = "host"      // an ordinary machine on a site's LAN
+	// RoleController runs `causeway controller`, in the cloud, on the
+	// underlay.
+	RoleController = "controller"
 )
 
 // Names the lab uses inside every namespace.
@@ -117,17 +120,27 @@ type nat struct {
 	src  netip.Prefix
 }
 
-// applianceSpec is one site appliance.
+// applianceSpec is one site appliance. Its overlay address is not here:
+// the controller allocates it at enrollment.
 type applianceSpec struct {
-	name    string // also the node name
-	site    string
-	overlay netip.Addr
-	wan     string // uplink interface name
-	lan     []netip.Prefix
-	// natted marks an appliance behind NAT: it only dials out. Its peers
-	// list it without endpoints; it lists them with endpoints and a
-	// keepalive that keeps its NAT mapping open.
+	name string // also the node name, the site's name and the appliance's
+	site string
+	kind string // the site kind at the controller: office, vpc, home
+	wan  string // uplink interface name
+	lan  []netip.Prefix
+	// natted marks an appliance behind NAT: it only dials out, so it
+	// reports no endpoints at enrollment. The controller then lists it
+	// without endpoints to its peers and gives it a keepalive that keeps
+	// its NAT mapping open.
 	natted bool
+}
+
+// controllerSpec is the controller the appliances enroll with.
+type controllerSpec struct {
+	node   string
+	listen netip.AddrPort
+	// tenant is the tenant the lab creates for its sites.
+	tenant string
 }
 
 // serviceSpec is a process serving HTTP on a host.
@@ -146,6 +159,7 @@ type topology struct {
 	routes     []route
 	nats       []nat
 	appliances []applianceSpec
+	controller controllerSpec
 	services   []serviceSpec
 	// fragCounters are the nodes that count IP fragments passing them.
 	fragCounters []string
@@ -161,10 +175,15 @@ func defaultRoute() netip.Prefix { return netip.Prefix{} }
 // The addresses the rest of the package and the tests refer to.
 var (
 	backendAddr = addr("10.20.0.10")
+	// controllerAddr is the controller's address on the underlay.
+	controllerAddr = addr("198.18.0.2")
 	// unannouncedAddr is in no site's prefixes: traffic to it must not
 	// cross the overlay.
 	unannouncedAddr = addr("10.99.0.10")
 )
+
+// controllerPort is the controller's HTTPS port.
+const controllerPort = 8443
 
 // ISP link MTU between inet and home-1-router: smaller than the 1500 of
 // every other link, so that the overlay has to fit a small underlay.
@@ -174,6 +193,7 @@ func newTopology() *topology {
 	t := &topology{}
 	t.nodes = []node{
 		{name: "inet", role: RoleRouter, forward: true},
+		{name: "cloud", role: RoleController},
 		{name: "office-1", site: "office-1", role: RoleAppliance},
 		{name: "office-1-lan", site: "office-1", role: RoleSwitch},
 		{name: "office-1-host", site: "office-1", role: RoleHost},
@@ -194,6 +214,8 @@ func newTopology() *topology {
 	// other end; those of appliances and hosts are wan0/lan0/eth0.
 	t.veths = []veth{
 		// The Internet: one /24 per ISP link.
+		{a: iface{node: "inet", name: "cloud", addr: pfx("198.18.0.1/24")},
+			b: iface{node: "cloud", name: "eth0", addr: netip.PrefixFrom(controllerAddr, 24)}},
 		{a: iface{node: "inet", name: "office-1", addr: pfx("198.18.1.1/24")},
 			b: iface{node: "office-1", name: "wan0", addr: pfx("198.18.1.2/24")}},
 		{a: iface{node: "inet", name: "vpc-1", addr: pfx("198.18.2.1/24")},
@@ -223,6 +245,7 @@ func newTopology() *topology {
 	// inet only knows its connected /24s: it has no route to any LAN, so
 	// nothing between sites can flow outside the overlay.
 	t.routes = []route{
+		{node: "cloud", dst: defaultRoute(), via: addr("198.18.0.1")},
 		{node: "office-1", dst: defaultRoute(), via: addr("198.18.1.1")},
 		{node: "vpc-1", dst: defaultRoute(), via: addr("198.18.2.1")},
 		{node: "home-1-router", dst: defaultRoute(), via: addr("198.18.3.1")},
@@ -234,10 +257,11 @@ func newTopology() *topology {
 	}
 	t.nats = []nat{{node: "home-1-router", out: "wan0", src: pfx("172.16.30.0/24")}}
 	t.appliances = []applianceSpec{
-		{name: "office-1", site: "office-1", overlay: addr("100.64.0.1"), wan: "wan0", lan: []netip.Prefix{pfx("10.10.0.0/24")}},
-		{name: "vpc-1", site: "vpc-1", overlay: addr("100.64.0.2"), wan: "wan0", lan: []netip.Prefix{pfx("10.20.0.0/24")}},
-		{name: "home-1", site: "home-1", overlay: addr("100.64.0.3"), wan: "wan0", lan: []netip.Prefix{pfx("10.30.0.0/24")}, natted: true},
+		{name: "office-1", site: "office-1", kind: "office", wan: "wan0", lan: []netip.Prefix{pfx("10.10.0.0/24")}},
+		{name: "vpc-1", site: "vpc-1", kind: "vpc", wan: "wan0", lan: []netip.Prefix{pfx("10.20.0.0/24")}},
+		{name: "home-1", site: "home-1", kind: "home", wan: "wan0", lan: []netip.Prefix{pfx("10.30.0.0/24")}, natted: true},
 	}
+	t.controller = controllerSpec{node: "cloud", listen: netip.AddrPortFrom(controllerAddr, controllerPort), tenant: "demo"}
 	t.services = []serviceSpec{
 		{name: "backend-http", host: "vpc-1-backend-1", listen: netip.AddrPortFrom(backendAddr, 80)},
 	}

@@ -4,9 +4,11 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/causeway-net/causeway/appliance"
+	"github.com/causeway-net/causeway/controller/netmap"
 )
 
 func TestNetnsNames(t *testing.T) {
@@ -110,8 +112,8 @@ func TestTopology(t *testing.T) {
 		if n := top.node(a.name); n == nil || n.role != RoleAppliance {
 			t.Errorf("appliance %s has no appliance node", a.name)
 		}
-		if !appliance.OverlayRange.Contains(a.overlay) {
-			t.Errorf("appliance %s: overlay %s outside %s", a.name, a.overlay, appliance.OverlayRange)
+		if a.kind != "office" && a.kind != "vpc" && a.kind != "home" && a.kind != "remote" {
+			t.Errorf("appliance %s: site kind %q", a.name, a.kind)
 		}
 		if !top.iface(a.name, a.wan).addr.IsValid() {
 			t.Errorf("appliance %s: uplink %s has no address", a.name, a.wan)
@@ -131,6 +133,10 @@ func TestTopology(t *testing.T) {
 	if m := top.iface("home-1-router", "wan0"); top.minUnderlayMTU() != homeISPMTU || m.name == "" {
 		t.Errorf("the home ISP link should be the %d-byte underlay", homeISPMTU)
 	}
+	if c := top.controller; top.node(c.node) == nil || top.node(c.node).role != RoleController ||
+		!slices.Contains(top.addrs(c.node), c.listen.Addr()) {
+		t.Errorf("the controller listens on %s, not an address of a controller node %s", c.listen, c.node)
+	}
 	for _, sv := range top.services {
 		if !slices.Contains(top.addrs(sv.host), sv.listen.Addr()) {
 			t.Errorf("service %s listens on %s, not an address of %s", sv.name, sv.listen, sv.host)
@@ -138,53 +144,64 @@ func TestTopology(t *testing.T) {
 	}
 }
 
-func TestApplianceConfigs(t *testing.T) {
-	dir := t.TempDir()
-	cfgs, err := applianceConfigs(labTopology, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+// TestApplianceArgv checks the command line of the managed appliances:
+// every one follows the lab's controller and pins its CA, and only those
+// not behind NAT report an endpoint.
+func TestApplianceArgv(t *testing.T) {
+	l := &Lab{t: labTopology, instance: "demo", dir: "/run/causeway-lab/demo", binary: "/bin/causeway"}
 	for _, a := range labTopology.appliances {
-		path, err := writeApplianceConfig(cfgs[a.name])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := filepath.Join(dir, a.name, configFileName); path != want {
-			t.Errorf("config at %s, want %s", path, want)
-		}
-		cfg, err := appliance.LoadConfig(path)
-		if err != nil {
-			t.Fatalf("the appliance refuses the lab's config: %v", err)
-		}
-		if cfg.MTU != 0 {
-			t.Errorf("%s: mtu %d; the appliance should derive it", a.name, cfg.MTU)
-		}
-		if len(cfg.Peers) != len(labTopology.appliances)-1 {
-			t.Errorf("%s: %d peers", a.name, len(cfg.Peers))
-		}
-		for _, p := range cfg.Peers {
-			peer := labTopology.appliance(p.Name)
-			if peer.natted && len(p.Endpoints) != 0 {
-				t.Errorf("%s lists %s, which is behind NAT, with endpoints %v", a.name, p.Name, p.Endpoints)
+		argv := strings.Join(l.applianceArgv(labTopology.appliance(a.name), "ab12"), " ")
+		for _, want := range []string{
+			"/bin/causeway appliance --controller https://198.18.0.2:8443 --ca-fingerprint ab12",
+			"--state-dir /run/causeway-lab/demo/" + a.name, "--name " + a.name, "--uplinks wan0",
+		} {
+			if !strings.Contains(argv, want) {
+				t.Errorf("%s: %s lacks %q", a.name, argv, want)
 			}
-			if !peer.natted && len(p.Endpoints) != 1 {
-				t.Errorf("%s lists %s with endpoints %v, want its WAN address", a.name, p.Name, p.Endpoints)
-			}
-			if a.natted != (p.Keepalive == natKeepalive) {
-				t.Errorf("%s: keepalive %v towards %s", a.name, p.Keepalive, p.Name)
-			}
-			if !slices.Equal(p.Prefixes, peer.lan) {
-				t.Errorf("%s: peer %s prefixes %v, want %v", a.name, p.Name, p.Prefixes, peer.lan)
-			}
+		}
+		if strings.Contains(argv, "--token") {
+			t.Errorf("%s: the one-time token belongs in the environment, not the command line: %s", a.name, argv)
+		}
+		wan := labTopology.iface(a.name, a.wan).addr.Addr().String()
+		if got := strings.Contains(argv, "--endpoints "+wan+":51820"); got == a.natted {
+			t.Errorf("%s (behind NAT: %v): %s", a.name, a.natted, argv)
 		}
 	}
-	// Keys are made once: a second call sees the same ones.
-	again, err := applianceConfigs(labTopology, dir)
+}
+
+// TestApplianceConfigFromNetmap checks that ApplianceConfig derives the
+// config from the saved netmap with the lab's local settings, as the
+// appliance itself does.
+func TestApplianceConfigFromNetmap(t *testing.T) {
+	dir := t.TempDir()
+	l := &Lab{t: labTopology, instance: "demo", dir: dir}
+	if l.ApplianceConfig("office-1") != nil {
+		t.Error("a config before any netmap")
+	}
+	k, err := appliance.LoadOrCreateKey(filepath.Join(dir, "vpc-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again["office-1"].Peers[0].PublicKey != cfgs["office-1"].Peers[0].PublicKey {
-		t.Error("keys changed between two calls")
+	nm := &netmap.Netmap{
+		Version: 7, Tenant: "tn_1", Appliance: "ap_1", Site: "st_1", Name: "office-1",
+		OverlayAddr: addr("100.64.0.1"), LANPrefixes: []netip.Prefix{pfx("10.10.0.0/24")},
+		Peers: []netmap.Peer{{Name: "vpc-1", Site: "st_2", PublicKey: k.Public(), OverlayAddr: addr("100.64.0.2"),
+			Endpoints: []netip.AddrPort{netip.MustParseAddrPort("198.18.2.2:51820")}, Prefixes: []netip.Prefix{pfx("10.20.0.0/24")}}},
+	}
+	if err := appliance.SaveNetmap(filepath.Join(dir, "office-1"), nm); err != nil {
+		t.Fatal(err)
+	}
+	cfg := l.ApplianceConfig("office-1")
+	if cfg == nil {
+		t.Fatal("no config from a saved netmap")
+	}
+	if cfg.Name != "office-1" || cfg.OverlayAddr != addr("100.64.0.1") || cfg.ListenPort != 51820 || cfg.MTU != 0 ||
+		cfg.StateDir != filepath.Join(dir, "office-1") || cfg.Interface != "cw0" ||
+		len(cfg.Uplinks) != 1 || cfg.Uplinks[0].Interface != "wan0" || len(cfg.Peers) != 1 || cfg.Peers[0].PublicKey != k.Public() {
+		t.Errorf("config %+v", cfg)
+	}
+	if l.ApplianceConfig("nosuch") != nil {
+		t.Error("a config for an appliance the lab does not have")
 	}
 }
 

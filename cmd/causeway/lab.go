@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/causeway-net/causeway/controller/ctl"
 	"github.com/causeway-net/causeway/lab"
 )
 
@@ -25,6 +26,7 @@ var labCommands = map[string]func(ctx context.Context, args []string) error{
 	"status":     runLabStatus,
 	"down":       runLabDown,
 	"exec":       runLabExec,
+	"ctl":        runLabCtl,
 	"nsexec":     runLabNsexec,
 	"serve-http": runLabServeHTTP,
 }
@@ -32,8 +34,9 @@ var labCommands = map[string]func(ctx context.Context, args []string) error{
 const labSynopsis = `lab [command] [flags]
 
 Builds a demo Causeway overlay in network namespaces on this machine (needs
-root): an Internet router, an office, a cloud VPC with a web backend and a
-home network behind NAT, each site with its own appliance. Nothing is
+root): an Internet router, a controller in the cloud, an office, a cloud VPC
+with a web backend and a home network behind NAT, each site with its own
+appliance, enrolled with and following the controller. Nothing is
 configured outside the namespaces, which are named cw-<instance>-<node>.
 See docs/lab.md.
 
@@ -45,6 +48,7 @@ Commands:
   status  show a running lab (--json for scripts)
   down    take a lab down (--all: every lab that no live process owns)
   exec    run a command inside a node's namespace
+  ctl     run a 'causeway ctl' command against the lab's controller
 
 Run 'causeway lab <command> --help' for a command's flags.
 
@@ -155,6 +159,13 @@ func printLabUp(w io.Writer, l *lab.Lab, lf *labFlags, last string) error {
 		{"office-1 -- curl -s http://127.0.0.1:9180/metrics", "per-peer counters"},
 	} {
 		fmt.Fprintf(tw, "  causeway lab exec%s %s\t# %s\n", f, hint[0], hint[1])
+	}
+	tn := st.Controller.Tenant
+	for _, hint := range [][2]string{
+		{"appliance list " + tn, "the enrolled appliances, as the controller sees them"},
+		{"appliance netmap " + tn + " office-1", "what the controller pushes to office-1"},
+	} {
+		fmt.Fprintf(tw, "  causeway lab ctl%s %s\t# %s\n", f, hint[0], hint[1])
 	}
 	tw.Flush()
 	_, err := fmt.Fprintf(w, "  causeway lab status%s\n%s\n", f, last)
@@ -308,6 +319,51 @@ Flags:`)
 		return usagef("no node %q in the lab (nodes: %s)", node, strings.Join(l.Nodes(), ", "))
 	}
 	return execInNetns(ctx, ns, cmd)
+}
+
+func runLabCtl(ctx context.Context, args []string) error {
+	fs := newFlagSet("lab ctl", `lab ctl [flags] [--] NOUN VERB [ARGS...]
+
+Runs one 'causeway ctl' command against the lab's controller as the
+operator, from inside the controller's namespace, trusting only its CA.
+The lab's sites are in the tenant 'demo'. For example:
+
+  causeway lab ctl appliance list demo
+  causeway lab ctl appliance netmap demo office-1
+  causeway lab ctl -- site create demo branch-1 --kind remote --prefix 10.40.0.0/24
+
+Put '--' before a command that has flags of its own.
+
+Flags:`)
+	lf := addLabFlags(fs)
+	asJSON := fs.Bool("json", false, "print lists as JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := lf.check(); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if len(rest) > 0 && rest[0] == "--" {
+		rest = rest[1:]
+	}
+	if len(rest) < 2 {
+		return usagef("want a ctl command, e.g. causeway lab ctl appliance list demo\n%s", ctl.Usage)
+	}
+	l, err := openLab(lf)
+	if err != nil {
+		return err
+	}
+	cfg, err := l.CtlConfig()
+	if err != nil {
+		return err
+	}
+	cfg.Out, cfg.JSON = os.Stdout, *asJSON
+	err = ctl.Run(ctx, cfg, rest)
+	if ctl.IsUsage(err) {
+		return usagef("%v", err)
+	}
+	return err
 }
 
 // execInNetns replaces this process with cmd inside the namespace ns.
