@@ -22,6 +22,7 @@ import (
 	"github.com/causeway-net/causeway/dataplane"
 	"github.com/causeway-net/causeway/dataplane/bind"
 	"github.com/causeway-net/causeway/dataplane/wgkey"
+	"github.com/causeway-net/causeway/probes"
 )
 
 // Appliance is a running site appliance. Create it with Start; stop it
@@ -32,6 +33,9 @@ type Appliance struct {
 	dev  *dataplane.Device
 	http *http.Server
 	mtu  int
+	// paths probes the paths of the multipath bind and picks each peer's
+	// active one; nil without uplinks (the standard bind).
+	paths *prober
 
 	mu  sync.Mutex // guards cfg
 	cfg *Config
@@ -42,7 +46,8 @@ type Appliance struct {
 
 // Start brings the site up from cfg: it loads (or on first start creates)
 // the private key, creates the overlay interface, configures peers and
-// routes, enables forwarding and starts the HTTP endpoint. It is
+// routes, enables forwarding, starts the path prober (with uplinks; it
+// probes once cfg has a probe key) and starts the HTTP endpoint. It is
 // all-or-nothing: on error everything already done is undone.
 func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 	if log == nil {
@@ -77,10 +82,12 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 	a.undo = append(a.undo, restore)
 
 	var uplinks []bind.Uplink
+	var names []string
 	for _, u := range cfg.Uplinks {
 		uplinks = append(uplinks, bind.Uplink{Name: u.Name, Interface: u.Interface, Addr: u.Addr})
+		names = append(names, u.Name)
 	}
-	a.dev, err = dataplane.New(dataplane.Options{
+	opts := dataplane.Options{
 		Interface:  cfg.Interface,
 		MTU:        a.mtu,
 		PrivateKey: a.key,
@@ -88,13 +95,35 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 		Address:    cfg.OverlayAddr,
 		Uplinks:    uplinks,
 		Logger:     log,
-	})
+	}
+	if len(uplinks) > 0 {
+		// The prober answers probes as soon as the bind receives any; it
+		// sends its own once it has the bind (start, below).
+		a.paths = newProber(proberOptions{Uplinks: names, Probe: probes.Options{Interval: cfg.ProbeInterval}, Logger: log})
+		if err := a.paths.setKeys(cfg); err != nil {
+			return nil, err
+		}
+		opts.Probes = a.paths
+	}
+	a.dev, err = dataplane.New(opts)
 	if err != nil {
 		return nil, err
 	}
 	a.undo = append(a.undo, a.dev.Close)
 	if err := a.dev.SetPeers(devicePeers(cfg)); err != nil {
 		return nil, err
+	}
+	switch {
+	case a.paths != nil:
+		if err := a.paths.start(bindPaths{a.dev.Multipath()}, cfg); err != nil {
+			return nil, err
+		}
+		a.undo = append(a.undo, a.paths.close)
+		if cfg.ProbeKey.IsZero() {
+			log.Info("path probing off: no probe_key; each peer stays on its first path")
+		}
+	case !cfg.ProbeKey.IsZero():
+		log.Info("path probing off: no uplinks, so one kernel-routed socket and no paths to choose from")
 	}
 	if cfg.HTTPListen != "" {
 		ln, err := net.Listen("tcp", cfg.HTTPListen)
@@ -130,10 +159,11 @@ func (a *Appliance) MTU() int { return a.mtu }
 func (a *Appliance) Device() *dataplane.Device { return a.dev }
 
 // Apply moves a running appliance to a new config. Peers (with their
-// endpoints and prefixes), the name and the LAN prefixes change in place; a
-// change of state directory, interface, overlay address, port, MTU or HTTP
-// address needs a restart and is refused, leaving the running config
-// untouched.
+// endpoints and prefixes), the name, the LAN prefixes, the probe keys and
+// the SLAs change in place (paths that stay keep their statistics); a
+// change of state directory, interface, overlay address, port, MTU, HTTP
+// address, uplinks or probe interval needs a restart and is refused,
+// leaving the running config untouched.
 func (a *Appliance) Apply(cfg *Config) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -151,11 +181,17 @@ func (a *Appliance) Apply(cfg *Config) error {
 	fixed("mtu", old.MTU == cfg.MTU)
 	fixed("http_listen", old.HTTPListen == cfg.HTTPListen)
 	fixed("uplinks", slices.Equal(old.Uplinks, cfg.Uplinks))
+	fixed("probe_interval", old.ProbeInterval == cfg.ProbeInterval)
 	if len(errs) > 0 {
 		return &ConfigError{Errs: errs}
 	}
 	if err := a.dev.SetPeers(devicePeers(cfg)); err != nil {
 		return err
+	}
+	if a.paths != nil {
+		if err := a.paths.sync(cfg); err != nil {
+			return err
+		}
 	}
 	a.cfg = cfg
 	a.log.Info("config applied", "peers", len(cfg.Peers))
@@ -169,8 +205,9 @@ func (a *Appliance) Config() *Config {
 	return a.cfg
 }
 
-// Close stops the HTTP endpoint, then the dataplane (removing the interface
-// with its address and routes), then restores IP forwarding to what it was.
+// Close stops the HTTP endpoint, then the path prober (its goroutine
+// joined), then the dataplane (removing the interface with its address
+// and routes), then restores IP forwarding to what it was.
 func (a *Appliance) Close() error {
 	err := a.runUndo()
 	a.log.Info("appliance stopped", "name", a.cfg.Name)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -25,8 +26,9 @@ import (
 // removes namespaces left by test processes that died.
 
 const (
-	childEnv = "CAUSEWAY_TEST_APPLIANCE_CONFIG"
-	udpEnv   = "CAUSEWAY_TEST_UDP" // "send ADDR COUNT SIZE" or "recv ADDR TOTAL"
+	childEnv    = "CAUSEWAY_TEST_APPLIANCE_CONFIG"
+	childLogEnv = "CAUSEWAY_TEST_APPLIANCE_LOG" // "1": the child logs JSON lines to stderr
+	udpEnv      = "CAUSEWAY_TEST_UDP"           // "send ADDR COUNT SIZE" or "recv ADDR TOTAL"
 )
 
 func TestMain(m *testing.M) {
@@ -49,7 +51,11 @@ func runChild(path string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	a, err := Start(cfg, nil)
+	var log *slog.Logger
+	if os.Getenv(childLogEnv) == "1" {
+		log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	a, err := Start(cfg, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -2,10 +2,12 @@ package appliance
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/causeway-net/causeway/dataplane/wgkey"
+	"github.com/causeway-net/causeway/probes"
 )
 
 // Defaults applied to fields a config file leaves out.
@@ -23,6 +26,13 @@ const (
 	DefaultHTTPListen = "127.0.0.1:9180"
 	// MaxConfigSize bounds the config file we are willing to read.
 	MaxConfigSize = 4 << 20
+	// DefaultProbeInterval is the mean time between two probes of a path.
+	DefaultProbeInterval = probes.DefaultInterval
+	// MinProbeInterval and MaxProbeInterval bound probe_interval.
+	MinProbeInterval = 10 * time.Millisecond
+	MaxProbeInterval = time.Minute
+	// MaxSLADelay bounds the delays of an SLA (max_rtt, max_jitter).
+	MaxSLADelay = time.Minute
 )
 
 // OverlayRange is the carrier-grade NAT range every overlay address lives in.
@@ -46,6 +56,19 @@ type Config struct {
 	// pinned socket each (the multipath bind). Empty means one socket per
 	// address family, routed by the kernel.
 	Uplinks []Uplink
+	// ProbeKey signs the path probes; it is shared by the appliances of a
+	// tenant. The zero Key turns probing off: each peer's traffic then
+	// stays on its first path.
+	ProbeKey probes.Key
+	// ProbeAccepted are further keys whose probes are answered and
+	// accepted (key rotation: the next key before it becomes current, or
+	// the previous one after), at most probes.MaxAccepted.
+	ProbeAccepted []probes.Key
+	// ProbeInterval is the mean time between two probes of a path.
+	ProbeInterval time.Duration
+	// SLA is what every path should meet (the zero SLA sets no limits);
+	// PeerConfig.SLA overrides it for one peer.
+	SLA probes.SLA
 }
 
 // Uplink is one WAN attachment.
@@ -68,6 +91,17 @@ type PeerConfig struct {
 	Prefixes []netip.Prefix
 	// Keepalive is the persistent keepalive interval; 0 disables it.
 	Keepalive time.Duration
+	// SLA, if not nil, replaces Config.SLA for the paths to this peer (a
+	// site pair with its own service level).
+	SLA *probes.SLA
+}
+
+// PathSLA is the SLA the paths to p must meet under c.
+func (c *Config) PathSLA(p PeerConfig) probes.SLA {
+	if p.SLA != nil {
+		return *p.SLA
+	}
+	return c.SLA
 }
 
 // AllowedPrefixes is what WireGuard accepts from, and routes to, the peer:
@@ -91,6 +125,24 @@ type fileConfig struct {
 	Peers       []filePeer   `json:"peers"`
 	HTTPListen  *string      `json:"http_listen"`
 	Uplinks     []fileUplink `json:"uplinks"`
+
+	ProbeKey          *fileProbeKey  `json:"probe_key,omitempty"`
+	ProbeAcceptedKeys []fileProbeKey `json:"probe_accepted_keys,omitempty"`
+	ProbeInterval     string         `json:"probe_interval,omitempty"`
+	SLA               *fileSLA       `json:"sla,omitempty"`
+}
+
+// fileProbeKey is a probe key: its id and its 32-byte secret in base64.
+type fileProbeKey struct {
+	ID     *uint32 `json:"id"`
+	Secret string  `json:"secret"`
+}
+
+// fileSLA is an SLA; a field left out sets no limit.
+type fileSLA struct {
+	MaxLossPercent float64 `json:"max_loss_percent,omitempty"`
+	MaxRTT         string  `json:"max_rtt,omitempty"`
+	MaxJitter      string  `json:"max_jitter,omitempty"`
 }
 
 type fileUplink struct {
@@ -106,6 +158,7 @@ type filePeer struct {
 	Endpoints   []string `json:"endpoints"`
 	Prefixes    []string `json:"prefixes"`
 	Keepalive   string   `json:"keepalive"`
+	SLA         *fileSLA `json:"sla,omitempty"`
 }
 
 // FieldError is one problem with one field of a config file.
@@ -314,6 +367,37 @@ func (v *validator) config(fc *fileConfig) *Config {
 		c.Uplinks = append(c.Uplinks, u)
 	}
 
+	c.ProbeInterval = DefaultProbeInterval
+	if fc.ProbeInterval != "" {
+		d, err := time.ParseDuration(fc.ProbeInterval)
+		switch {
+		case err != nil:
+			v.fail("probe_interval", "want a duration such as \"200ms\", got %q", fc.ProbeInterval)
+		case d < MinProbeInterval || d > MaxProbeInterval:
+			v.fail("probe_interval", "want %v to %v, got %v", MinProbeInterval, MaxProbeInterval, d)
+		default:
+			c.ProbeInterval = d
+		}
+	}
+	keyIDs := map[probes.KeyID]string{}
+	if fc.ProbeKey != nil {
+		c.ProbeKey = v.probeKey("probe_key", fc.ProbeKey, keyIDs)
+	}
+	if len(fc.ProbeAcceptedKeys) > 0 && fc.ProbeKey == nil {
+		v.fail("probe_accepted_keys", "needs a probe_key (the key that signs)")
+	}
+	if n := len(fc.ProbeAcceptedKeys); n > probes.MaxAccepted {
+		v.fail("probe_accepted_keys", "at most %d keys, got %d", probes.MaxAccepted, n)
+	}
+	for i := range fc.ProbeAcceptedKeys {
+		if k := v.probeKey(fmt.Sprintf("probe_accepted_keys[%d]", i), &fc.ProbeAcceptedKeys[i], keyIDs); !k.IsZero() {
+			c.ProbeAccepted = append(c.ProbeAccepted, k)
+		}
+	}
+	if fc.SLA != nil {
+		c.SLA = v.sla("sla", fc.SLA)
+	}
+
 	// Every prefix the config mentions, to reject overlaps across sites.
 	type owner struct {
 		field string
@@ -404,9 +488,66 @@ func (v *validator) config(fc *fileConfig) *Config {
 				p.Keepalive = d
 			}
 		}
+		if fp.SLA != nil {
+			sla := v.sla(base+".sla", fp.SLA)
+			p.SLA = &sla
+		}
 		c.Peers = append(c.Peers, p)
 	}
 	return c
+}
+
+// probeKey validates one probe key; ids records the ids seen so far, for
+// duplicates. It returns the zero Key on error.
+func (v *validator) probeKey(field string, fk *fileProbeKey, ids map[probes.KeyID]string) probes.Key {
+	if fk.ID == nil {
+		v.fail(field+".id", "required (a number from 0 to %d, the same on every appliance)", uint32(math.MaxUint32))
+		return probes.Key{}
+	}
+	id := probes.KeyID(*fk.ID)
+	if prev, dup := ids[id]; dup {
+		v.fail(field+".id", "%d is also the id of %s", id, prev)
+		return probes.Key{}
+	}
+	ids[id] = field
+	if fk.Secret == "" {
+		v.fail(field+".secret", "required (32 random bytes in base64)")
+		return probes.Key{}
+	}
+	k, err := probes.ParseKey(id, fk.Secret)
+	if err != nil {
+		v.fail(field+".secret", "%v", err)
+		return probes.Key{}
+	}
+	return k
+}
+
+// sla validates an SLA object.
+func (v *validator) sla(field string, fs *fileSLA) probes.SLA {
+	var s probes.SLA
+	if p := fs.MaxLossPercent; p < 0 || p > 100 {
+		v.fail(field+".max_loss_percent", "want 0 to 100 (0: no limit), got %v", p)
+	} else {
+		s.MaxLossPercent = p
+	}
+	delay := func(name, in string) time.Duration {
+		if in == "" {
+			return 0
+		}
+		d, err := time.ParseDuration(in)
+		switch {
+		case err != nil:
+			v.fail(field+"."+name, "want a duration such as \"150ms\", got %q", in)
+		case d < 0 || d > MaxSLADelay:
+			v.fail(field+"."+name, "want 0 to %v (0: no limit), got %v", MaxSLADelay, d)
+		default:
+			return d
+		}
+		return 0
+	}
+	s.MaxRTT = delay("max_rtt", fs.MaxRTT)
+	s.MaxJitter = delay("max_jitter", fs.MaxJitter)
+	return s
 }
 
 func (v *validator) overlayAddr(field, s string) netip.Addr {
@@ -466,6 +607,18 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 		}
 		fc.Uplinks = append(fc.Uplinks, fu)
 	}
+	if !c.ProbeKey.IsZero() {
+		fc.ProbeKey = marshalProbeKey(c.ProbeKey)
+	}
+	for _, k := range c.ProbeAccepted {
+		fc.ProbeAcceptedKeys = append(fc.ProbeAcceptedKeys, *marshalProbeKey(k))
+	}
+	if c.ProbeInterval != 0 {
+		fc.ProbeInterval = c.ProbeInterval.String()
+	}
+	if c.SLA != (probes.SLA{}) {
+		fc.SLA = marshalSLA(c.SLA)
+	}
 	for _, p := range c.LANPrefixes {
 		fc.LANPrefixes = append(fc.LANPrefixes, p.String())
 	}
@@ -480,7 +633,27 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 		if p.Keepalive > 0 {
 			fp.Keepalive = p.Keepalive.String()
 		}
+		if p.SLA != nil {
+			fp.SLA = marshalSLA(*p.SLA)
+		}
 		fc.Peers = append(fc.Peers, fp)
 	}
 	return json.MarshalIndent(fc, "", "  ")
+}
+
+func marshalProbeKey(k probes.Key) *fileProbeKey {
+	id := uint32(k.ID())
+	raw := k.Raw()
+	return &fileProbeKey{ID: &id, Secret: base64.StdEncoding.EncodeToString(raw[:])}
+}
+
+func marshalSLA(s probes.SLA) *fileSLA {
+	fs := &fileSLA{MaxLossPercent: s.MaxLossPercent}
+	if s.MaxRTT != 0 {
+		fs.MaxRTT = s.MaxRTT.String()
+	}
+	if s.MaxJitter != 0 {
+		fs.MaxJitter = s.MaxJitter.String()
+	}
+	return fs
 }

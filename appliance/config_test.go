@@ -9,11 +9,16 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/causeway-net/causeway/probes"
 )
 
 const (
 	keyA = "kMi6x7cZ8lC8tOIB9F2p7mR3aAqgN8T1v5B0tX3m0Hs="
 	keyB = "Yg1c8eM6m3lQm7nBkH0c1A5qv1m9B6yA3bq4Jd2r8Xk="
+	// Probe key secrets (32 bytes in base64).
+	probeSecret1 = "/CZUrh42Ce8avhAKQFv1t0TgUk+8kQmQ6W8mbRakdIo="
+	probeSecret2 = "g+hJQvdy2TzEe1LjYKTGvEOgBPKFcOIuXElA/XaW6/I="
 )
 
 const validConfig = `{
@@ -22,9 +27,14 @@ const validConfig = `{
   "overlay_addr": "100.64.0.1",
   "lan_prefixes": ["10.10.0.0/24"],
   "uplinks": [{"name": "wan1", "interface": "eth0"}, {"name": "wan2", "interface": "eth1", "addr": "198.18.5.2"}],
+  "probe_key": {"id": 7, "secret": "` + probeSecret1 + `"},
+  "probe_accepted_keys": [{"id": 8, "secret": "` + probeSecret2 + `"}],
+  "probe_interval": "100ms",
+  "sla": {"max_loss_percent": 2, "max_rtt": "150ms", "max_jitter": "30ms"},
   "peers": [
     {"name": "vpc-1", "public_key": "` + keyA + `", "overlay_addr": "100.64.0.2",
-     "endpoints": ["198.18.2.2:51820"], "prefixes": ["10.20.0.0/24"], "keepalive": "25s"},
+     "endpoints": ["198.18.2.2:51820"], "prefixes": ["10.20.0.0/24"], "keepalive": "25s",
+     "sla": {"max_loss_percent": 0.5}},
     {"name": "home-1", "public_key": "` + keyB + `", "overlay_addr": "100.64.0.3",
      "prefixes": ["10.30.0.0/24"]}
   ]
@@ -43,6 +53,16 @@ func TestParseConfigValid(t *testing.T) {
 	}
 	if len(c.Peers) != 2 || c.Peers[0].Keepalive != 25*time.Second || len(c.Peers[1].Endpoints) != 0 {
 		t.Errorf("peers: %+v", c.Peers)
+	}
+	if c.ProbeKey.ID() != 7 || c.ProbeKey.IsZero() || len(c.ProbeAccepted) != 1 || c.ProbeAccepted[0].ID() != 8 ||
+		c.ProbeInterval != 100*time.Millisecond {
+		t.Errorf("probe settings: %v %v %v", c.ProbeKey, c.ProbeAccepted, c.ProbeInterval)
+	}
+	if want := (probes.SLA{MaxLossPercent: 2, MaxRTT: 150 * time.Millisecond, MaxJitter: 30 * time.Millisecond}); c.SLA != want || c.PathSLA(c.Peers[1]) != want {
+		t.Errorf("sla: %+v", c.SLA)
+	}
+	if got := c.PathSLA(c.Peers[0]); got != (probes.SLA{MaxLossPercent: 0.5}) {
+		t.Errorf("peers[0] sla (an override, not merged): %+v", got)
 	}
 	got := c.Peers[0].AllowedPrefixes()
 	if len(got) != 2 || got[0].String() != "100.64.0.2/32" || got[1].String() != "10.20.0.0/24" {
@@ -105,6 +125,20 @@ func TestParseConfigErrorsNameTheField(t *testing.T) {
 		{"uplink iface", `"interface": "eth0"`, `"interface": "a-very-long-interface"`, "uplinks[0].interface", "1-15"},
 		{"uplink addr", `"198.18.5.2"`, `"2001:db8::1"`, "uplinks[1].addr", "IPv4"},
 		{"wrong type", `"name": "office-1",`, `"name": "office-1", "mtu": "big",`, "mtu", "want int"},
+		{"probe key secret", probeSecret1, "abc", "probe_key.secret", "44 base64"},
+		{"probe key zero", probeSecret1, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "probe_key.secret", "all-zero"},
+		{"probe key id missing", `{"id": 7, "secret"`, `{"secret"`, "probe_key.id", "required"},
+		{"probe key id range", `{"id": 7,`, `{"id": -1,`, "probe_key.id", "want uint32"},
+		{"probe key dup id", `{"id": 8,`, `{"id": 7,`, "probe_accepted_keys[0].id", "also the id of probe_key"},
+		{"probe keys too many", `"probe_accepted_keys": [`, `"probe_accepted_keys": [{"id": 9, "secret": "` + probeSecret1 + `"}, {"id": 10, "secret": "` + probeSecret1 + `"}, `, "probe_accepted_keys", "at most 2"},
+		{"accepted without current", `"probe_key": {"id": 7, "secret": "` + probeSecret1 + `"},`, ``, "probe_accepted_keys", "needs a probe_key"},
+		{"probe interval", `"100ms"`, `"100"`, "probe_interval", "duration"},
+		{"probe interval range", `"100ms"`, `"1ms"`, "probe_interval", "10ms to 1m0s"},
+		{"sla loss", `"max_loss_percent": 2,`, `"max_loss_percent": 101,`, "sla.max_loss_percent", "0 to 100"},
+		{"sla rtt", `"150ms"`, `"-1ms"`, "sla.max_rtt", "0 to 1m0s"},
+		{"sla jitter", `"30ms"`, `"fast"`, "sla.max_jitter", "duration"},
+		{"peer sla", `{"max_loss_percent": 0.5}`, `{"max_loss_percent": -1}`, "peers[0].sla.max_loss_percent", "0 to 100"},
+		{"sla unknown field", `{"max_loss_percent": 0.5}`, `{"max_loss": 1}`, "max_loss", "unknown field"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -162,6 +196,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(validConfig))
 	f.Add([]byte(`{"name":"a","state_dir":"/s","overlay_addr":"100.64.0.9","peers":[{"name":"b","public_key":"` + keyA + `","overlay_addr":"100.64.0.8","endpoints":["[2001:db8::1]:1"]}]}`))
 	f.Add([]byte(`{"lan_prefixes":["10.0.0.0/8","10.1.0.0/16"]}`))
+	f.Add([]byte(`{"name":"a","state_dir":"/s","overlay_addr":"100.64.0.9","probe_key":{"id":1,"secret":"` + probeSecret1 + `"},"sla":{"max_rtt":"1.5s"},"peers":[{"name":"b","public_key":"` + keyA + `","overlay_addr":"100.64.0.8","sla":{}}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := ParseConfig(data)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/causeway-net/causeway/dataplane/wgkey"
+	"github.com/causeway-net/causeway/probes"
 )
 
 // handler serves /healthz, /readyz and /metrics.
@@ -16,6 +17,9 @@ func (a *Appliance) handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(&peerCollector{a: a})
+	if a.paths != nil {
+		reg.MustRegister(&pathCollector{p: a.paths})
+	}
 	mux := http.NewServeMux()
 	health := func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -83,4 +87,73 @@ func (c *peerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descHandshake, prometheus.GaugeValue, hs, name)
 	}
 	counter(descUnrouted, c.a.dev.Unrouted().TxPackets)
+}
+
+// Path series are labelled by peer name, uplink name and remote endpoint:
+// at most peers x uplinks x endpoints series each, all bounded by the
+// config.
+var (
+	pathLabels  = []string{"peer", "uplink", "remote"}
+	descPathUp  = prometheus.NewDesc("causeway_path_up", "1 if the path is up by its probes, 0 if down or not yet known.", pathLabels, nil)
+	descPathRTT = prometheus.NewDesc("causeway_path_rtt_seconds",
+		"Round-trip time of the path's probes over the last 50 replies (stat: min, mean, p50, p99).", append(pathLabels, "stat"), nil)
+	descPathLoss = prometheus.NewDesc("causeway_path_loss_ratio",
+		"Share of the path's last 50 settled probes that were lost (0 to 1).", pathLabels, nil)
+	descPathJitter = prometheus.NewDesc("causeway_path_jitter_seconds",
+		"RFC 3550 jitter of the path's round-trip times.", pathLabels, nil)
+	descPathActive = prometheus.NewDesc("causeway_path_active",
+		"1 for the path the peer's traffic takes, 0 for the others.", pathLabels, nil)
+	descPathChanges = prometheus.NewDesc("causeway_path_changes_total",
+		"Moves of a peer's traffic to another path, by reason (initial, removed, down, sla, preferred).", []string{"reason"}, nil)
+	descProbeRejected = prometheus.NewDesc("causeway_probe_rejected_total",
+		"Probes dropped, by reason (bad_mac, unknown_key, malformed, wrong_path).", []string{"reason"}, nil)
+)
+
+// pathCollector reads the prober's path statistics at scrape time.
+type pathCollector struct{ p *prober }
+
+func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPathUp, descPathRTT, descPathLoss, descPathJitter, descPathActive, descPathChanges, descProbeRejected} {
+		ch <- d
+	}
+}
+
+func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	flag := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	for _, s := range c.p.status() {
+		l := []string{s.Peer, s.Uplink, s.Remote.String()}
+		gauge(descPathUp, flag(s.Stats.State == probes.StateUp), l...)
+		gauge(descPathActive, flag(s.Active), l...)
+		if s.Stats.Samples > 0 {
+			for _, r := range []struct {
+				stat string
+				v    float64
+			}{{"min", s.Stats.RTTMin.Seconds()}, {"mean", s.Stats.RTTMean.Seconds()}, {"p50", s.Stats.RTTP50.Seconds()}, {"p99", s.Stats.RTTP99.Seconds()}} {
+				gauge(descPathRTT, r.v, append(l, r.stat)...)
+			}
+			gauge(descPathJitter, s.Stats.Jitter.Seconds(), l...)
+		}
+		if s.Stats.Settled > 0 {
+			gauge(descPathLoss, s.Stats.LossPercent/100, l...)
+		}
+	}
+	counter := func(d *prometheus.Desc, v uint64, label string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), label)
+	}
+	k := c.p.counters()
+	for _, r := range moveReasons {
+		counter(descPathChanges, k.Moves[r], r.String())
+	}
+	counter(descProbeRejected, k.Reflector.BadMAC, "bad_mac")
+	counter(descProbeRejected, k.Reflector.UnknownKey, "unknown_key")
+	counter(descProbeRejected, k.Reflector.Malformed, "malformed")
+	counter(descProbeRejected, k.WrongPath, "wrong_path")
 }
