@@ -62,6 +62,11 @@ func (b *builder) build(ctx context.Context) error {
 			return err
 		}
 	}
+	for _, s := range b.t.sysctls {
+		if err := writeSysctl(b.ns(s.node), s.key, s.value); err != nil {
+			return err
+		}
+	}
 	if err := b.waitLinksUp(ctx); err != nil {
 		return err
 	}
@@ -197,7 +202,7 @@ func (b *builder) configure(e iface, peer string) error {
 }
 
 func (b *builder) addRoute(r route) error {
-	rt := &netlink.Route{Gw: r.via.AsSlice()}
+	rt := &netlink.Route{Gw: r.via.AsSlice(), Priority: r.metric}
 	if r.dst.IsValid() {
 		rt.Dst = ipNet(r.dst)
 	}

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"os"
@@ -132,7 +133,14 @@ func TestCLI(t *testing.T) {
 	}
 	for _, a := range st.Appliances {
 		if a.PID <= 0 || a.Netns != "cw-"+inst+"-"+a.Name || a.Site != a.Name || a.OverlayAddr == "" ||
-			len(a.Uplinks) != 1 || a.Uplinks[0].Name != "wan0" || strings.Contains(a.Uplinks[0].Addr, "/") {
+			len(a.Uplinks) == 0 || strings.Contains(a.Uplinks[0].Addr, "/") {
+			t.Errorf("appliance %+v", a)
+		}
+		var ups []string
+		for _, u := range a.Uplinks {
+			ups = append(ups, u.Name)
+		}
+		if want := map[string]string{"office-1": "wan1,wan2"}[a.Name]; strings.Join(ups, ",") != cmp.Or(want, "wan0") {
 			t.Errorf("appliance %+v", a)
 		}
 		if _, err := os.Stat("/proc/" + strconv.Itoa(a.PID)); err != nil {
@@ -175,6 +183,29 @@ func TestCLI(t *testing.T) {
 	}
 	if _, stderr, code := causeway(t, "lab", "exec", "--instance", inst, "nosuch", "--", "true"); code != 2 || !strings.Contains(stderr, "no node") {
 		t.Errorf("lab exec on an unknown node: exit %d: %s", code, stderr)
+	}
+
+	// impair: the link may come before or after the flags; lab down
+	// removes the delay stage with everything else.
+	stdout, stderr, code = causeway(t, "lab", "impair", "--instance", inst, "office-1/wan2", "--loss", "2%", "--delay", "5ms")
+	if code != 0 || strings.TrimSpace(stdout) != "office-1/wan2: loss 2%, delay 5ms" {
+		t.Errorf("lab impair: exit %d:\n%s%s", code, stdout, stderr)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"office-1/wan1"}, 2, "nothing to do"},
+		{[]string{"office-1/wan1", "--loss", "120%"}, 2, "percentage"},
+		{[]string{"office-1/wan1", "--clear", "--down"}, 2, "--clear"},
+		{[]string{"office-1"}, 2, "NODE/IFACE"},
+		{[]string{"home-1/wan0", "--down"}, 1, "not a link to inet"},
+	} {
+		args := append([]string{"lab", "impair", "--instance", inst}, tc.args...)
+		if _, stderr, code := causeway(t, args...); code != tc.code || !strings.Contains(stderr, tc.want) {
+			t.Errorf("lab impair %v: exit %d: %s", tc.args, code, stderr)
+		}
 	}
 
 	if _, stderr, code := causeway(t, "lab", "down", "--instance", inst); code != 0 {

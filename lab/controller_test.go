@@ -218,7 +218,9 @@ func TestController(t *testing.T) {
 				}
 				var wantEP []netip.AddrPort
 				if !o.natted {
-					wantEP = []netip.AddrPort{netip.AddrPortFrom(l.t.iface(o.name, o.wan).addr.Addr(), listenPort)}
+					for _, w := range o.wans {
+						wantEP = append(wantEP, netip.AddrPortFrom(l.t.iface(o.name, w).addr.Addr(), listenPort))
+					}
 				}
 				if p.PublicKey != keys[o.name] || !slices.Equal(p.Prefixes, o.lan) || !slices.Equal(p.Endpoints, wantEP) {
 					t.Errorf("%s: peer %+v; want key %s, prefixes %v, endpoints %v", a.name, p, keys[o.name], o.lan, wantEP)

@@ -404,12 +404,16 @@ func (l *Lab) ApplianceConfig(name string) *appliance.Config {
 // local is what the lab decides for an appliance itself; everything else
 // comes from the controller's netmap. It matches applianceArgv.
 func (l *Lab) local(a *applianceSpec) appliance.Local {
+	var ups []appliance.Uplink
+	for _, w := range a.wans {
+		ups = append(ups, appliance.Uplink{Name: w, Interface: w})
+	}
 	return appliance.Local{
 		StateDir:   l.applianceDir(a.name),
 		Interface:  appliance.DefaultInterface,
 		ListenPort: listenPort,
 		HTTPListen: appliance.DefaultHTTPListen,
-		Uplinks:    []appliance.Uplink{{Name: a.wan, Interface: a.wan}},
+		Uplinks:    ups,
 	}
 }
 
@@ -510,19 +514,23 @@ func (l *Lab) StartAppliance(ctx context.Context, name string) error {
 	return l.waitHealthy(wctx, name)
 }
 
-// applianceArgv is the command line of a controller-managed appliance.
-// An appliance behind NAT reports no endpoints: it only dials out.
+// applianceArgv is the command line of a controller-managed appliance:
+// one pinned socket per uplink, and one endpoint per uplink address. An
+// appliance behind NAT reports no endpoints: it only dials out.
 func (l *Lab) applianceArgv(a *applianceSpec, caFingerprint string) []string {
 	argv := []string{l.binary, "appliance",
 		"--controller", l.ControllerURL(),
 		"--ca-fingerprint", caFingerprint,
 		"--state-dir", l.applianceDir(a.name),
 		"--name", a.name,
-		"--uplinks", a.wan,
+		"--uplinks", strings.Join(a.wans, ","),
 	}
 	if !a.natted {
-		wan := l.t.iface(a.name, a.wan)
-		argv = append(argv, "--endpoints", netip.AddrPortFrom(wan.addr.Addr(), listenPort).String())
+		var eps []string
+		for _, w := range a.wans {
+			eps = append(eps, netip.AddrPortFrom(l.t.iface(a.name, w).addr.Addr(), listenPort).String())
+		}
+		argv = append(argv, "--endpoints", strings.Join(eps, ","))
 	}
 	return argv
 }

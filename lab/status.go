@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -120,12 +121,11 @@ func buildStatus(t *topology, instance, dir string, live liveState) Status {
 			Uplinks:     []UplinkStatus{},
 			LANAddrs:    []string{},
 		}
+		for _, w := range a.wans {
+			as.Uplinks = append(as.Uplinks, UplinkStatus{Name: w, Addr: t.iface(a.name, w).addr.Addr().String()})
+		}
 		for _, e := range t.ifaces(a.name) {
-			switch {
-			case !e.addr.IsValid():
-			case e.name == a.wan:
-				as.Uplinks = append(as.Uplinks, UplinkStatus{Name: e.name, Addr: e.addr.Addr().String()})
-			default:
+			if e.addr.IsValid() && !slices.Contains(a.wans, e.name) {
 				as.LANAddrs = append(as.LANAddrs, e.addr.Addr().String())
 			}
 		}

@@ -87,7 +87,7 @@ func TestStatusShape(t *testing.T) {
 	}
 	a := s.Appliances[0]
 	if a.Name != "office-1" || a.Netns != "cw-demo-office-1" || a.PID != 101 || a.OverlayAddr != "100.64.0.1" ||
-		len(a.Uplinks) != 1 || a.Uplinks[0].Name != "wan0" || a.Uplinks[0].Addr != "198.18.1.2" {
+		len(a.Uplinks) != 2 || a.Uplinks[0].Name != "wan1" || a.Uplinks[0].Addr != "198.18.1.2" || a.Uplinks[1].Name != "wan2" || a.Uplinks[1].Addr != "198.18.4.2" {
 		t.Errorf("appliance %+v", a)
 	}
 	if s.Appliances[2].PID != 0 {

@@ -108,9 +108,16 @@ type veth struct {
 
 // route is a static route in one namespace; a zero dst is the default route.
 type route struct {
-	node string
-	dst  netip.Prefix
-	via  netip.Addr
+	node   string
+	dst    netip.Prefix
+	via    netip.Addr
+	metric int // 0: the kernel's default
+}
+
+// sysctl is a setting under /proc/sys/net in one namespace, made once the
+// node's interfaces exist (e.g. "net/ipv4/conf/wan1/rp_filter").
+type sysctl struct {
+	node, key, value string
 }
 
 // nat masquerades traffic from src that leaves node through out.
@@ -126,7 +133,9 @@ type applianceSpec struct {
 	name string // also the node name, the site's name and the appliance's
 	site string
 	kind string // the site kind at the controller: office, vpc, home
-	wan  string // uplink interface name
+	// wans are the uplink interfaces, in order of preference: the first
+	// carries the default route with the lowest metric.
+	wans []string
 	lan  []netip.Prefix
 	// natted marks an appliance behind NAT: it only dials out, so it
 	// reports no endpoints at enrollment. The controller then lists it
@@ -157,6 +166,7 @@ type topology struct {
 	bridges    []iface // bridge devices (node, name)
 	veths      []veth
 	routes     []route
+	sysctls    []sysctl
 	nats       []nat
 	appliances []applianceSpec
 	controller controllerSpec
@@ -180,6 +190,12 @@ var (
 	// unannouncedAddr is in no site's prefixes: traffic to it must not
 	// cross the overlay.
 	unannouncedAddr = addr("10.99.0.10")
+)
+
+// Route metrics of a site with two ISPs: the first uplink is preferred.
+const (
+	metricPrimary   = 100
+	metricSecondary = 200
 )
 
 // controllerPort is the controller's HTTPS port.
@@ -211,13 +227,18 @@ func newTopology() *topology {
 	}
 
 	// Interfaces of routers and switches are named after the node at the
-	// other end; those of appliances and hosts are wan0/lan0/eth0.
+	// other end, and where there are several links to one node, after
+	// that node's interface too (office-1-wan1); those of appliances and
+	// hosts are wanN/lan0/eth0.
 	t.veths = []veth{
-		// The Internet: one /24 per ISP link.
+		// The Internet: one /24 per ISP link. office-1 has two ISPs:
+		// "ISP 1" on wan1 and "ISP 2" on wan2.
 		{a: iface{node: "inet", name: "cloud", addr: pfx("198.18.0.1/24")},
 			b: iface{node: "cloud", name: "eth0", addr: netip.PrefixFrom(controllerAddr, 24)}},
-		{a: iface{node: "inet", name: "office-1", addr: pfx("198.18.1.1/24")},
-			b: iface{node: "office-1", name: "wan0", addr: pfx("198.18.1.2/24")}},
+		{a: iface{node: "inet", name: "office-1-wan1", addr: pfx("198.18.1.1/24")},
+			b: iface{node: "office-1", name: "wan1", addr: pfx("198.18.1.2/24")}},
+		{a: iface{node: "inet", name: "office-1-wan2", addr: pfx("198.18.4.1/24")},
+			b: iface{node: "office-1", name: "wan2", addr: pfx("198.18.4.2/24")}},
 		{a: iface{node: "inet", name: "vpc-1", addr: pfx("198.18.2.1/24")},
 			b: iface{node: "vpc-1", name: "wan0", addr: pfx("198.18.2.2/24")}},
 		{a: iface{node: "inet", name: "home-1-router", addr: pfx("198.18.3.1/24")},
@@ -246,7 +267,11 @@ func newTopology() *topology {
 	// nothing between sites can flow outside the overlay.
 	t.routes = []route{
 		{node: "cloud", dst: defaultRoute(), via: addr("198.18.0.1")},
-		{node: "office-1", dst: defaultRoute(), via: addr("198.18.1.1")},
+		// Two default routes: wan1 preferred. The appliance pins each
+		// uplink's socket to its interface (SO_BINDTODEVICE), and a lookup
+		// pinned to wan2 takes the route via wan2 whatever its metric.
+		{node: "office-1", dst: defaultRoute(), via: addr("198.18.1.1"), metric: metricPrimary},
+		{node: "office-1", dst: defaultRoute(), via: addr("198.18.4.1"), metric: metricSecondary},
 		{node: "vpc-1", dst: defaultRoute(), via: addr("198.18.2.1")},
 		{node: "home-1-router", dst: defaultRoute(), via: addr("198.18.3.1")},
 		{node: "home-1", dst: defaultRoute(), via: addr("172.16.30.1")},
@@ -255,11 +280,18 @@ func newTopology() *topology {
 		{node: "vpc-1-backend-2", dst: defaultRoute(), via: addr("10.20.0.1")},
 		{node: "home-1-host", dst: defaultRoute(), via: addr("10.30.0.1")},
 	}
+	// Loose reverse-path filtering on office-1's uplinks: a reply to wan2
+	// comes from an address whose best route is via wan1, which strict
+	// filtering would drop.
+	t.sysctls = []sysctl{
+		{node: "office-1", key: "net/ipv4/conf/wan1/rp_filter", value: "2"},
+		{node: "office-1", key: "net/ipv4/conf/wan2/rp_filter", value: "2"},
+	}
 	t.nats = []nat{{node: "home-1-router", out: "wan0", src: pfx("172.16.30.0/24")}}
 	t.appliances = []applianceSpec{
-		{name: "office-1", site: "office-1", kind: "office", wan: "wan0", lan: []netip.Prefix{pfx("10.10.0.0/24")}},
-		{name: "vpc-1", site: "vpc-1", kind: "vpc", wan: "wan0", lan: []netip.Prefix{pfx("10.20.0.0/24")}},
-		{name: "home-1", site: "home-1", kind: "home", wan: "wan0", lan: []netip.Prefix{pfx("10.30.0.0/24")}, natted: true},
+		{name: "office-1", site: "office-1", kind: "office", wans: []string{"wan1", "wan2"}, lan: []netip.Prefix{pfx("10.10.0.0/24")}},
+		{name: "vpc-1", site: "vpc-1", kind: "vpc", wans: []string{"wan0"}, lan: []netip.Prefix{pfx("10.20.0.0/24")}},
+		{name: "home-1", site: "home-1", kind: "home", wans: []string{"wan0"}, lan: []netip.Prefix{pfx("10.30.0.0/24")}, natted: true},
 	}
 	t.controller = controllerSpec{node: "cloud", listen: netip.AddrPortFrom(controllerAddr, controllerPort), tenant: "demo"}
 	t.services = []serviceSpec{

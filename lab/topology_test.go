@@ -115,8 +115,21 @@ func TestTopology(t *testing.T) {
 		if a.kind != "office" && a.kind != "vpc" && a.kind != "home" && a.kind != "remote" {
 			t.Errorf("appliance %s: site kind %q", a.name, a.kind)
 		}
-		if !top.iface(a.name, a.wan).addr.IsValid() {
-			t.Errorf("appliance %s: uplink %s has no address", a.name, a.wan)
+		metrics := map[int]bool{}
+		for _, w := range a.wans {
+			e := top.iface(a.name, w)
+			if !e.addr.IsValid() {
+				t.Errorf("appliance %s: uplink %s has no address", a.name, w)
+			}
+			// One default route via each uplink, each with its own metric.
+			i := slices.IndexFunc(top.routes, func(r route) bool {
+				return r.node == a.name && !r.dst.IsValid() && e.addr.Contains(r.via)
+			})
+			if i < 0 || metrics[top.routes[i].metric] {
+				t.Errorf("appliance %s: no default route of its own via %s", a.name, w)
+			} else {
+				metrics[top.routes[i].metric] = true
+			}
 		}
 		for _, p := range a.lan {
 			for _, q := range lans {
@@ -153,17 +166,23 @@ func TestApplianceArgv(t *testing.T) {
 		argv := strings.Join(l.applianceArgv(labTopology.appliance(a.name), "ab12"), " ")
 		for _, want := range []string{
 			"/bin/causeway appliance --controller https://198.18.0.2:8443 --ca-fingerprint ab12",
-			"--state-dir /run/causeway-lab/demo/" + a.name, "--name " + a.name, "--uplinks wan0",
+			"--state-dir /run/causeway-lab/demo/" + a.name, "--name " + a.name, "--uplinks " + strings.Join(a.wans, ","),
 		} {
 			if !strings.Contains(argv, want) {
 				t.Errorf("%s: %s lacks %q", a.name, argv, want)
 			}
 		}
+		if a.name == "office-1" && !strings.Contains(argv, "--uplinks wan1,wan2 --endpoints 198.18.1.2:51820,198.18.4.2:51820") {
+			t.Errorf("office-1 does not use both ISPs: %s", argv)
+		}
 		if strings.Contains(argv, "--token") {
 			t.Errorf("%s: the one-time token belongs in the environment, not the command line: %s", a.name, argv)
 		}
-		wan := labTopology.iface(a.name, a.wan).addr.Addr().String()
-		if got := strings.Contains(argv, "--endpoints "+wan+":51820"); got == a.natted {
+		var eps []string
+		for _, w := range a.wans {
+			eps = append(eps, labTopology.iface(a.name, w).addr.Addr().String()+":51820")
+		}
+		if got := strings.Contains(argv, "--endpoints "+strings.Join(eps, ",")); got == a.natted {
 			t.Errorf("%s (behind NAT: %v): %s", a.name, a.natted, argv)
 		}
 	}
@@ -197,7 +216,7 @@ func TestApplianceConfigFromNetmap(t *testing.T) {
 	}
 	if cfg.Name != "office-1" || cfg.OverlayAddr != addr("100.64.0.1") || cfg.ListenPort != 51820 || cfg.MTU != 0 ||
 		cfg.StateDir != filepath.Join(dir, "office-1") || cfg.Interface != "cw0" ||
-		len(cfg.Uplinks) != 1 || cfg.Uplinks[0].Interface != "wan0" || len(cfg.Peers) != 1 || cfg.Peers[0].PublicKey != k.Public() {
+		len(cfg.Uplinks) != 2 || cfg.Uplinks[0].Interface != "wan1" || cfg.Uplinks[1].Interface != "wan2" || len(cfg.Peers) != 1 || cfg.Peers[0].PublicKey != k.Public() {
 		t.Errorf("config %+v", cfg)
 	}
 	if l.ApplianceConfig("nosuch") != nil {

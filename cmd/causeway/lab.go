@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -18,25 +19,27 @@ import (
 	"github.com/causeway-net/causeway/lab"
 )
 
-// labCommands are the subcommands of `causeway lab`. nsexec and serve-http
-// are left out of the help: they are what the lab itself runs inside its
-// namespaces.
+// labCommands are the subcommands of `causeway lab`. nsexec, serve-http
+// and delay-stage are left out of the help: they are what the lab itself
+// runs inside its namespaces.
 var labCommands = map[string]func(ctx context.Context, args []string) error{
-	"up":         runLabUp,
-	"status":     runLabStatus,
-	"down":       runLabDown,
-	"exec":       runLabExec,
-	"ctl":        runLabCtl,
-	"nsexec":     runLabNsexec,
-	"serve-http": runLabServeHTTP,
+	"up":          runLabUp,
+	"status":      runLabStatus,
+	"down":        runLabDown,
+	"exec":        runLabExec,
+	"ctl":         runLabCtl,
+	"impair":      runLabImpair,
+	"nsexec":      runLabNsexec,
+	"serve-http":  runLabServeHTTP,
+	"delay-stage": runLabDelayStage,
 }
 
 const labSynopsis = `lab [command] [flags]
 
 Builds a demo Causeway overlay in network namespaces on this machine (needs
-root): an Internet router, a controller in the cloud, an office, a cloud VPC
-with a web backend and a home network behind NAT, each site with its own
-appliance, enrolled with and following the controller. Nothing is
+root): an Internet router, a controller in the cloud, an office on two
+ISPs, a cloud VPC with a web backend and a home network behind NAT, each
+site with its own appliance, enrolled with and following the controller. Nothing is
 configured outside the namespaces, which are named cw-<instance>-<node>.
 See docs/lab.md.
 
@@ -49,6 +52,7 @@ Commands:
   down    take a lab down (--all: every lab that no live process owns)
   exec    run a command inside a node's namespace
   ctl     run a 'causeway ctl' command against the lab's controller
+  impair  add loss, delay and jitter to an ISP link, or cut it
 
 Run 'causeway lab <command> --help' for a command's flags.
 
@@ -364,6 +368,127 @@ Flags:`)
 		return usagef("%v", err)
 	}
 	return err
+}
+
+func runLabImpair(ctx context.Context, args []string) error {
+	fs := newFlagSet("lab impair", `lab impair NODE/IFACE [--loss P%] [--delay D] [--jitter J] [--down] [--clear] [flags]
+
+Impairs the ISP link of NODE's interface IFACE (e.g. office-1/wan1; every
+link to the Internet router inet can be impaired), on inet's side of it, so
+that the appliance sees no change of its own. Each call replaces what the
+link had: flags not given are off.
+
+  --loss P%    drops each packet with probability P percent (0-100, steps
+               of 0.01), in each direction independently (nftables numgen)
+  --delay D    holds each packet inet sends into the link, that is towards
+               NODE, for D (a userspace delay stage in inet: the round trip
+               grows by D; the other direction is not delayed)
+  --jitter J   adds a uniform random offset in [-J, +J] to each packet's
+               delay (packets swap only if their release times do)
+  --down       drops every IPv4 packet in both directions; the link's
+               carrier stays up
+  --clear      removes everything impair added for the link
+
+'causeway lab down' removes every impairment with the lab. See docs/lab.md.
+
+Flags:`)
+	lf := addLabFlags(fs)
+	var loss lossFlag
+	fs.Var(&loss, "loss", "percentage of packets to drop in each direction, e.g. 5% (0-100)")
+	delay := fs.Duration("delay", 0, "delay towards NODE, e.g. 30ms (0-10s)")
+	jitter := fs.Duration("jitter", 0, "uniform jitter around the delay, e.g. 5ms (0-10s)")
+	down := fs.Bool("down", false, "drop everything on the link")
+	clear := fs.Bool("clear", false, "remove the link's impairment")
+	// The link may come before or after the flags.
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var link string
+	if fs.NArg() > 0 {
+		link = fs.Arg(0)
+		if err := parseFlags(fs, fs.Args()[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() > 0 {
+			return usagef("unexpected argument %q", fs.Arg(0))
+		}
+	}
+	if err := lf.check(); err != nil {
+		return err
+	}
+	if link == "" {
+		return usagef("want a link: causeway lab impair NODE/IFACE [--loss P%%] [--delay D] [--jitter J] [--down] [--clear]")
+	}
+	node, iface, err := lab.ParseLink(link)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	im := lab.Impairment{Loss: float64(loss), Delay: *delay, Jitter: *jitter, Down: *down}
+	if *clear && im != (lab.Impairment{}) {
+		return usagef("--clear takes no other impairment flags")
+	}
+	if !*clear && im == (lab.Impairment{}) {
+		return usagef("nothing to do: give --loss, --delay, --jitter, --down or --clear")
+	}
+	if err := im.Check(); err != nil {
+		return usagef("%v", err)
+	}
+	l, err := openLab(lf)
+	if err != nil {
+		return err
+	}
+	if *clear {
+		if err := l.Clear(node, iface); err != nil {
+			return err
+		}
+		fmt.Printf("%s: cleared\n", link)
+		return nil
+	}
+	if err := l.Impair(ctx, node, iface, im); err != nil {
+		return err
+	}
+	fmt.Printf("%s: %s\n", link, im)
+	return nil
+}
+
+// lossFlag is a percentage, with or without a trailing %.
+type lossFlag float64
+
+func (f *lossFlag) String() string { return strconv.FormatFloat(float64(*f), 'g', -1, 64) + "%" }
+
+func (f *lossFlag) Set(s string) error {
+	v, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(s), "%"), 64)
+	if err != nil || v < 0 || v > 100 {
+		return fmt.Errorf("want a percentage from 0 to 100, e.g. 5%%, got %q", s)
+	}
+	*f = lossFlag(v)
+	return nil
+}
+
+// runLabDelayStage is the hidden `causeway lab delay-stage`: the lab runs
+// it inside the Internet router's namespace for each delayed link.
+func runLabDelayStage(ctx context.Context, args []string) error {
+	fs := newFlagSet("lab delay-stage", `lab delay-stage --tun NAME [--delay D] [--jitter J]
+
+Creates the TUN device NAME in this network namespace and writes back every
+packet read from it after D plus a uniform offset in [-J, +J], until
+SIGTERM. 'causeway lab impair' starts it inside the Internet router's
+namespace and routes the link's traffic through NAME.
+
+Flags:`)
+	tun := fs.String("tun", "", "TUN device to create (required)")
+	delay := fs.Duration("delay", 0, "delay")
+	jitter := fs.Duration("jitter", 0, "jitter")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	if *tun == "" {
+		return usagef("--tun is required")
+	}
+	return lab.RunDelayStage(ctx, lab.DelayStageOptions{TUN: *tun, Delay: *delay, Jitter: *jitter})
 }
 
 // execInNetns replaces this process with cmd inside the namespace ns.
