@@ -53,6 +53,14 @@ type updateApplianceRequest struct {
 	Endpoints *[]string `json:"endpoints"`
 }
 
+// slaRequest is the body of PUT …/sla and PUT …/sla-overrides/…: every
+// field is required, so that a PUT says the whole SLA.
+type slaRequest struct {
+	MaxLossPercent  *float64 `json:"max_loss_percent"`
+	MaxRTTMillis    *int64   `json:"max_rtt_ms"`
+	MaxJitterMillis *int64   `json:"max_jitter_ms"`
+}
+
 type createAPITokenRequest struct {
 	Description string `json:"description"`
 	TTL         string `json:"ttl"`
@@ -234,6 +242,33 @@ func decodeCreateTenant(data []byte) (string, error) {
 		f.add("name", "required")
 	}
 	return req.Name, f.err()
+}
+
+// decodeSLA checks that every threshold is there; state checks the
+// ranges.
+func decodeSLA(data []byte) (store.SLA, error) {
+	var req slaRequest
+	if err := decodeJSON(data, &req); err != nil {
+		return store.SLA{}, err
+	}
+	var f fieldErrs
+	var sla store.SLA
+	if req.MaxLossPercent == nil {
+		f.add("max_loss_percent", "required (a percentage, 0 for no limit)")
+	} else {
+		sla.MaxLossPercent = *req.MaxLossPercent
+	}
+	if req.MaxRTTMillis == nil {
+		f.add("max_rtt_ms", "required (milliseconds of mean round-trip time, 0 for no limit)")
+	} else {
+		sla.MaxRTTMillis = *req.MaxRTTMillis
+	}
+	if req.MaxJitterMillis == nil {
+		f.add("max_jitter_ms", "required (milliseconds of jitter, 0 for no limit)")
+	} else {
+		sla.MaxJitterMillis = *req.MaxJitterMillis
+	}
+	return sla, f.err()
 }
 
 func decodeCreateAPIToken(data []byte) (state.APITokenInput, error) {

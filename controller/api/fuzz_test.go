@@ -115,3 +115,11 @@ func FuzzDecodeCreateAPIToken(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeSLA(f *testing.F) {
+	f.Add([]byte(`{"max_loss_percent":2,"max_rtt_ms":150,"max_jitter_ms":30}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_, err := decodeSLA(data)
+		checkDecodeErr(t, err)
+	})
+}

@@ -25,6 +25,14 @@ func (a *API) routes() []route {
 		{pattern: "GET /api/v1/tenants/{tenant}", auth: authAdmin, handle: a.getTenant},
 		{pattern: "DELETE /api/v1/tenants/{tenant}", auth: authAdmin, handle: a.deleteTenant},
 
+		{pattern: "GET /api/v1/tenants/{tenant}/sla", auth: authAdmin, handle: a.getSLA},
+		{pattern: "PUT /api/v1/tenants/{tenant}/sla", auth: authAdmin, handle: a.putSLA},
+		{pattern: "GET /api/v1/tenants/{tenant}/sla-overrides", auth: authAdmin, handle: a.listSLAOverrides},
+		{pattern: "PUT /api/v1/tenants/{tenant}/sla-overrides/{siteA}/{siteB}", auth: authAdmin, handle: a.putSLAOverride},
+		{pattern: "DELETE /api/v1/tenants/{tenant}/sla-overrides/{siteA}/{siteB}", auth: authAdmin, handle: a.deleteSLAOverride},
+		{pattern: "GET /api/v1/tenants/{tenant}/probe-key", auth: authAdmin, handle: a.getProbeKeys},
+		{pattern: "POST /api/v1/tenants/{tenant}/probe-key/rotate", auth: authAdmin, handle: a.rotateProbeKey},
+
 		{pattern: "GET /api/v1/tenants/{tenant}/sites", auth: authAdmin, handle: a.listSites},
 		{pattern: "POST /api/v1/tenants/{tenant}/sites", auth: authAdmin, handle: a.createSite},
 		{pattern: "GET /api/v1/tenants/{tenant}/sites/{site}", auth: authAdmin, handle: a.getSite},
@@ -122,6 +130,76 @@ func (a *API) getTenant(c *call) (any, error) {
 
 func (a *API) deleteTenant(c *call) (any, error) {
 	return nil, a.state.DeleteTenant(c.r.Context(), c.p, c.path("tenant"))
+}
+
+// SLAs and probe keys.
+
+func (a *API) getSLA(c *call) (any, error) {
+	sla, err := a.state.GetSLA(c.r.Context(), c.p, c.path("tenant"))
+	if err != nil {
+		return nil, err
+	}
+	return viewSLA(sla), nil
+}
+
+func (a *API) putSLA(c *call) (any, error) {
+	data, err := a.body(c)
+	if err != nil {
+		return nil, err
+	}
+	in, err := decodeSLA(data)
+	if err != nil {
+		return nil, err
+	}
+	sla, err := a.state.SetSLA(c.r.Context(), c.p, c.path("tenant"), in)
+	if err != nil {
+		return nil, err
+	}
+	return viewSLA(sla), nil
+}
+
+func (a *API) listSLAOverrides(c *call) (any, error) {
+	os, err := a.state.ListSLAOverrides(c.r.Context(), c.p, c.path("tenant"))
+	if err != nil {
+		return nil, err
+	}
+	return listOf(os, viewSLAOverride), nil
+}
+
+func (a *API) putSLAOverride(c *call) (any, error) {
+	data, err := a.body(c)
+	if err != nil {
+		return nil, err
+	}
+	in, err := decodeSLA(data)
+	if err != nil {
+		return nil, err
+	}
+	o, err := a.state.PutSLAOverride(c.r.Context(), c.p, c.path("tenant"), c.path("siteA"), c.path("siteB"), in)
+	if err != nil {
+		return nil, err
+	}
+	return viewSLAOverride(o), nil
+}
+
+func (a *API) deleteSLAOverride(c *call) (any, error) {
+	return nil, a.state.DeleteSLAOverride(c.r.Context(), c.p, c.path("tenant"), c.path("siteA"), c.path("siteB"))
+}
+
+func (a *API) getProbeKeys(c *call) (any, error) {
+	ks, err := a.state.ProbeKeys(c.r.Context(), c.p, c.path("tenant"))
+	if err != nil {
+		return nil, err
+	}
+	return viewProbeKeys(ks), nil
+}
+
+func (a *API) rotateProbeKey(c *call) (any, error) {
+	ks, err := a.state.RotateProbeKey(c.r.Context(), c.p, c.path("tenant"))
+	if err != nil {
+		return nil, err
+	}
+	return viewProbeKeys(ks), nil
 }
 
 // Sites.

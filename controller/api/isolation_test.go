@@ -22,12 +22,15 @@ func TestTenantIsolation(t *testing.T) {
 	secretsOfB := []string{bID, bSite, bApp, bET, bAT, "globex", "b-1"}
 
 	// What a tenant-scoped route gets for each of B's path parameters.
-	params := map[string]string{"{site}": bSite, "{appliance}": bApp, "{token}": bET, "{apitoken}": bAT}
+	params := map[string]string{"{site}": bSite, "{siteA}": bSite, "{siteB}": bSite, "{appliance}": bApp, "{token}": bET, "{apitoken}": bAT}
+	sla := map[string]any{"max_loss_percent": 1, "max_rtt_ms": 100, "max_jitter_ms": 10}
 	bodies := map[string]any{
-		"POST /api/v1/tenants/{tenant}/sites":                   map[string]any{"name": "x", "kind": "home"},
-		"PATCH /api/v1/tenants/{tenant}/sites/{site}":           map[string]any{"kind": "home"},
-		"POST /api/v1/tenants/{tenant}/enrollment-tokens":       map[string]any{"site": "hq"},
-		"PATCH /api/v1/tenants/{tenant}/appliances/{appliance}": map[string]any{"endpoints": []string{}},
+		"POST /api/v1/tenants/{tenant}/sites":                        map[string]any{"name": "x", "kind": "home"},
+		"PATCH /api/v1/tenants/{tenant}/sites/{site}":                map[string]any{"kind": "home"},
+		"POST /api/v1/tenants/{tenant}/enrollment-tokens":            map[string]any{"site": "hq"},
+		"PATCH /api/v1/tenants/{tenant}/appliances/{appliance}":      map[string]any{"endpoints": []string{}},
+		"PUT /api/v1/tenants/{tenant}/sla":                           sla,
+		"PUT /api/v1/tenants/{tenant}/sla-overrides/{siteA}/{siteB}": sla,
 	}
 	// Routes without a tenant in the path, and what A's token gets there.
 	unscoped := map[string]int{
@@ -107,5 +110,11 @@ func TestTenantIsolation(t *testing.T) {
 	}
 	if m := e.must(200, "GET", "/api/v1/tenants/globex/appliances/b-1", e.op, nil); m["state"] != "active" {
 		t.Errorf("B's appliance changed: %v", m)
+	}
+	if m := e.must(200, "GET", "/api/v1/tenants/globex/sla", e.op, nil); m["max_rtt_ms"] != 150.0 {
+		t.Errorf("B's SLA changed: %v", m)
+	}
+	if m := e.must(200, "GET", "/api/v1/tenants/globex/probe-key", e.op, nil); len(m["items"].([]any)) != 1 {
+		t.Errorf("B's probe keys changed: %v", m)
 	}
 }

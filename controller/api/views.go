@@ -117,3 +117,44 @@ func viewAPIToken(a *store.APIToken) apiTokenView {
 	return apiTokenView{ID: a.ID, Scope: string(a.Scope), TenantID: a.TenantID, Description: a.Description,
 		CreatedAt: ts(a.CreatedAt), ExpiresAt: ts(a.ExpiresAt), LastUsedAt: ts(a.LastUsedAt)}
 }
+
+type slaView struct {
+	MaxLossPercent  float64 `json:"max_loss_percent"`
+	MaxRTTMillis    int64   `json:"max_rtt_ms"`
+	MaxJitterMillis int64   `json:"max_jitter_ms"`
+}
+
+func viewSLA(s store.SLA) slaView {
+	return slaView{MaxLossPercent: s.MaxLossPercent, MaxRTTMillis: s.MaxRTTMillis, MaxJitterMillis: s.MaxJitterMillis}
+}
+
+type slaOverrideView struct {
+	SiteA     string     `json:"site_a"`
+	SiteAName string     `json:"site_a_name"`
+	SiteB     string     `json:"site_b"`
+	SiteBName string     `json:"site_b_name"`
+	SLA       slaView    `json:"sla"`
+	UpdatedAt *time.Time `json:"updated_at"`
+}
+
+func viewSLAOverride(o *state.SLAOverride) slaOverrideView {
+	return slaOverrideView{SiteA: o.SiteA, SiteAName: o.SiteAName, SiteB: o.SiteB, SiteBName: o.SiteBName,
+		SLA: viewSLA(o.SLA), UpdatedAt: ts(o.UpdatedAt)}
+}
+
+// probeKeyView describes a probe key; its secret only ever travels in
+// netmaps.
+type probeKeyView struct {
+	ID        uint32     `json:"id"`
+	Role      string     `json:"role"`
+	CreatedAt *time.Time `json:"created_at"`
+	// CurrentFrom, for the next key, is when a rotation may make it
+	// current.
+	CurrentFrom *time.Time `json:"current_from,omitempty"`
+}
+
+func viewProbeKeys(ks []state.ProbeKeyInfo) list[probeKeyView] {
+	return listOf(ks, func(k state.ProbeKeyInfo) probeKeyView {
+		return probeKeyView{ID: uint32(k.ID), Role: string(k.Role), CreatedAt: ts(k.CreatedAt), CurrentFrom: ts(k.CurrentFrom)}
+	})
+}

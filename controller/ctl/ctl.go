@@ -94,6 +94,13 @@ const Usage = `Commands:
   apitoken list [--tenant TENANT]
   apitoken create [--tenant TENANT] [--ttl DURATION] [--description TEXT]
   apitoken delete [--tenant TENANT] TOKEN-ID
+  sla get TENANT
+  sla set TENANT [--max-loss PERCENT] [--max-rtt MS] [--max-jitter MS]   (unset flags keep their value; 0: no limit)
+  sla-override list TENANT
+  sla-override set TENANT SITE SITE [--max-loss PERCENT] [--max-rtt MS] [--max-jitter MS]   (unset: the pair's or tenant's value)
+  sla-override delete TENANT SITE SITE
+  probe-key list TENANT
+  probe-key rotate TENANT   (first call: a new key spreads as next; a call after the grace makes it current)
 TENANT, SITE and APPLIANCE are ids or names.`
 
 // Run runs one command: args are the noun, the verb and their arguments.
@@ -418,6 +425,135 @@ func init() {
 			}
 			return c.do(ctx, "DELETE", apiTokenPath(*tenant)+"/"+esc(pos[0]), nil, nil)
 		},
+	}
+}
+
+// slaFlags are the threshold flags of sla set and sla-override set.
+type slaFlags struct {
+	fs          *flag.FlagSet
+	loss        *float64
+	rtt, jitter *int64
+}
+
+func newSLAFlags(name string) *slaFlags {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	return &slaFlags{fs: fs,
+		loss:   fs.Float64("max-loss", 0, "largest loss, in percent (0: no limit)"),
+		rtt:    fs.Int64("max-rtt", 0, "largest mean round-trip time, in milliseconds (0: no limit)"),
+		jitter: fs.Int64("max-jitter", 0, "largest jitter, in milliseconds (0: no limit)")}
+}
+
+// merge returns base with the flags that were given applied.
+func (f *slaFlags) merge(base map[string]any) map[string]any {
+	out := map[string]any{"max_loss_percent": base["max_loss_percent"], "max_rtt_ms": base["max_rtt_ms"], "max_jitter_ms": base["max_jitter_ms"]}
+	f.fs.Visit(func(fl *flag.Flag) {
+		switch fl.Name {
+		case "max-loss":
+			out["max_loss_percent"] = *f.loss
+		case "max-rtt":
+			out["max_rtt_ms"] = *f.rtt
+		case "max-jitter":
+			out["max_jitter_ms"] = *f.jitter
+		}
+	})
+	return out
+}
+
+func slaPath(tenant string) string { return "/api/v1/tenants/" + esc(tenant) + "/sla" }
+
+func overridePath(tenant, a, b string) string {
+	return "/api/v1/tenants/" + esc(tenant) + "/sla-overrides/" + esc(a) + "/" + esc(b)
+}
+
+func init() {
+	commands["sla get"] = oneRef("/api/v1/tenants/%s/sla", "GET", "TENANT")
+	commands["sla set"] = func(ctx context.Context, c *client, args []string) error {
+		f := newSLAFlags("sla set")
+		pos, err := parse(f.fs, args, 1, 1, "TENANT")
+		if err != nil {
+			return err
+		}
+		var cur map[string]any
+		if err := c.do(ctx, "GET", slaPath(pos[0]), nil, &cur); err != nil {
+			return err
+		}
+		return c.show(ctx, "PUT", slaPath(pos[0]), f.merge(cur))
+	}
+	commands["sla-override list"] = func(ctx context.Context, c *client, args []string) error {
+		pos, err := parse(flag.NewFlagSet("sla-override list", flag.ContinueOnError), args, 1, 1, "TENANT")
+		if err != nil {
+			return err
+		}
+		var l listResp
+		if err := c.do(ctx, "GET", "/api/v1/tenants/"+esc(pos[0])+"/sla-overrides", nil, &l); err != nil {
+			return err
+		}
+		if c.cfg.JSON {
+			return c.printJSON(l)
+		}
+		for _, it := range l.Items {
+			sla, _ := it["sla"].(map[string]any)
+			for k, v := range sla {
+				it[k] = fmt.Sprint(v)
+			}
+		}
+		return c.printList(l.Items, "site_a_name", "site_b_name", "max_loss_percent", "max_rtt_ms", "max_jitter_ms", "updated_at")
+	}
+	commands["sla-override set"] = func(ctx context.Context, c *client, args []string) error {
+		f := newSLAFlags("sla-override set")
+		pos, err := parse(f.fs, args, 3, 3, "TENANT SITE SITE")
+		if err != nil {
+			return err
+		}
+		// Start from the pair's override if it has one, else the tenant's SLA.
+		var base map[string]any
+		if err := c.do(ctx, "GET", slaPath(pos[0]), nil, &base); err != nil {
+			return err
+		}
+		var l listResp
+		if err := c.do(ctx, "GET", "/api/v1/tenants/"+esc(pos[0])+"/sla-overrides", nil, &l); err != nil {
+			return err
+		}
+		for _, it := range l.Items {
+			ids := []any{it["site_a"], it["site_a_name"], it["site_b"], it["site_b_name"]}
+			has := func(ref string) bool {
+				for _, v := range ids {
+					if v == ref {
+						return true
+					}
+				}
+				return false
+			}
+			if has(pos[1]) && has(pos[2]) {
+				base, _ = it["sla"].(map[string]any)
+			}
+		}
+		return c.show(ctx, "PUT", overridePath(pos[0], pos[1], pos[2]), f.merge(base))
+	}
+	commands["sla-override delete"] = func(ctx context.Context, c *client, args []string) error {
+		pos, err := parse(flag.NewFlagSet("sla-override delete", flag.ContinueOnError), args, 3, 3, "TENANT SITE SITE")
+		if err != nil {
+			return err
+		}
+		return c.do(ctx, "DELETE", overridePath(pos[0], pos[1], pos[2]), nil, nil)
+	}
+	commands["probe-key list"] = func(ctx context.Context, c *client, args []string) error {
+		pos, err := parse(flag.NewFlagSet("probe-key list", flag.ContinueOnError), args, 1, 1, "TENANT")
+		if err != nil {
+			return err
+		}
+		return c.list(ctx, "/api/v1/tenants/"+esc(pos[0])+"/probe-key", "id", "role", "created_at", "current_from")
+	}
+	commands["probe-key rotate"] = func(ctx context.Context, c *client, args []string) error {
+		pos, err := parse(flag.NewFlagSet("probe-key rotate", flag.ContinueOnError), args, 1, 1, "TENANT")
+		if err != nil {
+			return err
+		}
+		var l listResp
+		if err := c.do(ctx, "POST", "/api/v1/tenants/"+esc(pos[0])+"/probe-key/rotate", nil, &l); err != nil {
+			return err
+		}
+		return c.printList(l.Items, "id", "role", "created_at", "current_from")
 	}
 }
 

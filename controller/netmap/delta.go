@@ -23,7 +23,8 @@ type Delta struct {
 	// version it applies to (Base < Version).
 	Version, Base uint64
 	// RequestID, Tenant, Appliance, Site, Name, OverlayAddr and
-	// LANPrefixes are those of the resulting netmap (see Netmap).
+	// LANPrefixes are those of the resulting netmap (see Netmap). A peer
+	// whose SLA alone changed (a site-pair override) is listed in Peers.
 	RequestID   string
 	Tenant      string
 	Appliance   string
@@ -31,6 +32,8 @@ type Delta struct {
 	Name        string
 	OverlayAddr netip.Addr
 	LANPrefixes []netip.Prefix
+	// Probes are the resulting netmap's probe settings, in full.
+	Probes Probes
 	// Peers are the peers added or changed since Base, sorted by name.
 	Peers []Peer
 	// Removed are the names of the peers gone since Base, sorted.
@@ -40,7 +43,7 @@ type Delta struct {
 // head is the delta's own part as a Netmap, with Peers set to its peers.
 func (d *Delta) head() *Netmap {
 	return &Netmap{Version: d.Version, RequestID: d.RequestID, Tenant: d.Tenant, Appliance: d.Appliance,
-		Site: d.Site, Name: d.Name, OverlayAddr: d.OverlayAddr, LANPrefixes: d.LANPrefixes, Peers: d.Peers}
+		Site: d.Site, Name: d.Name, OverlayAddr: d.OverlayAddr, LANPrefixes: d.LANPrefixes, Probes: d.Probes, Peers: d.Peers}
 }
 
 // MarshalJSON encodes the delta in the form DecodeDelta reads.
@@ -94,17 +97,13 @@ func DecodeDelta(data []byte) (*Delta, error) {
 		if err := DecodeStrict(data, &in, ""); err != nil {
 			return nil, &DecodeError{[]error{err}}
 		}
-		var errs []error
-		for i, raw := range in.Peers {
-			var p wirePeer
-			if err := DecodeStrict(raw, &p, fmt.Sprintf("peers[%d]", i)); err != nil {
-				errs = append(errs, err)
-			}
+		v := &validator{}
+		decodeProbesRaw(v, in.Probes)
+		decodePeersRaw(v, in.Peers)
+		if len(v.errs) == 0 {
+			v.errs = append(v.errs, err)
 		}
-		if len(errs) == 0 {
-			errs = append(errs, err)
-		}
-		return nil, &DecodeError{errs}
+		return nil, &DecodeError{v.errs}
 	}
 	v := &validator{}
 	n := v.netmap(&w.wire, w.Peers)
@@ -134,7 +133,8 @@ func DecodeDelta(data []byte) (*Delta, error) {
 		return nil, &DecodeError{v.errs}
 	}
 	return &Delta{Version: n.Version, Base: w.Base, RequestID: n.RequestID, Tenant: n.Tenant, Appliance: n.Appliance,
-		Site: n.Site, Name: n.Name, OverlayAddr: n.OverlayAddr, LANPrefixes: n.LANPrefixes, Peers: n.Peers, Removed: w.Removed}, nil
+		Site: n.Site, Name: n.Name, OverlayAddr: n.OverlayAddr, LANPrefixes: n.LANPrefixes, Probes: n.Probes, Peers: n.Peers,
+		Removed: w.Removed}, nil
 }
 
 // Apply returns the netmap d makes of n, which must be the netmap of the

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/causeway-net/causeway/probes"
 )
 
 // The controller holds one netmap per appliance, and in a full mesh every
@@ -16,24 +18,37 @@ import (
 // peer is encoded once into a PeerEntry, the entries of a tenant form one
 // Table, and each appliance's netmap refers to the table (see Shared). The
 // encoding below produces exactly what json.Marshal of the wire type does.
+//
+// Two parts of a peer depend on the appliance receiving the netmap, not on
+// the peer alone, and so stay out of the shared entry: the keepalive (one
+// per receiving appliance) and the SLA (one per pair of sites: the
+// receiver's and the peer's). Both come last in a peer's object, after the
+// shared bytes: the netmap appends the keepalive, then the SLA its PeerSLAs
+// gives the peer's site (pre-encoded once per distinct SLA), then the
+// closing brace. A site-pair override therefore changes only the PeerSLAs
+// of the two sites' appliances; the shared entries stay as they are.
 
 // PeerEntry is one peer with its JSON encoding, made once and shared by
-// every netmap that lists the peer. Its Keepalive is not part of it: that
-// depends on the appliance receiving the netmap. A PeerEntry is immutable.
+// every netmap that lists the peer. Its Keepalive and SLA are not part of
+// it: they depend on the appliance receiving the netmap. A PeerEntry is
+// immutable.
 type PeerEntry struct {
 	peer Peer
 	// enc is the peer's JSON object up to and including
-	// `"keepalive_seconds":`; the number and the closing brace follow.
+	// `"keepalive_seconds":`; the number, the SLA and the closing brace
+	// follow.
 	enc []byte
 }
 
-// NewPeerEntry encodes p (ignoring its Keepalive).
+// NewPeerEntry encodes p (ignoring its Keepalive and SLA).
 func NewPeerEntry(p Peer) *PeerEntry {
 	p.Keepalive = 0
+	p.SLA = probes.SLA{}
 	return &PeerEntry{peer: p, enc: appendPeerHead(nil, &p)}
 }
 
-// Peer returns the peer, with Keepalive 0; the zero Peer for a nil entry.
+// Peer returns the peer, with Keepalive 0 and the zero SLA; the zero Peer
+// for a nil entry.
 // The caller must not modify the slices it shares with the entry.
 func (e *PeerEntry) Peer() Peer {
 	if e == nil {
@@ -48,14 +63,17 @@ type Table struct {
 	entries []*PeerEntry
 	// size is the sum of the entries' encoded heads.
 	size int
+	// sites counts the entries per site id, for EncodedLen.
+	sites map[string]int
 }
 
 // NewTable returns a table of entries, which must be sorted by name. It
 // keeps the slice: the caller must not change it afterwards.
 func NewTable(entries []*PeerEntry) *Table {
-	t := &Table{entries: entries}
+	t := &Table{entries: entries, sites: map[string]int{}}
 	for _, e := range entries {
 		t.size += len(e.enc)
+		t.sites[e.peer.Site]++
 	}
 	return t
 }
@@ -75,25 +93,28 @@ func (t *Table) Lookup(name string) (*PeerEntry, bool) {
 }
 
 // shared is how a Netmap made by Shared lists its peers: every entry of
-// table except the one at skip, each with keepalive.
+// table except the one at skip, each with keepalive and the SLA slas gives
+// its site.
 type shared struct {
 	table     *Table
 	skip      int
 	keepalive time.Duration
+	slas      *PeerSLAs
 }
 
 // Shared returns head (whose Peers must be nil) listing as its peers every
 // entry of t except the one at index skip (the appliance itself; -1 for
-// none), each with the given keepalive. It takes O(1) time and memory: the
-// netmap refers to t. Such a netmap reports its peers through Full, PeerAt,
+// none), each with the given keepalive and the SLA slas gives the peer's
+// site (nil: none). It takes O(1) time and memory: the netmap refers to t
+// and slas. Such a netmap reports its peers through Full, PeerAt,
 // NumPeers, SameContent and its encodings, not through the Peers field,
 // which stays nil.
-func Shared(head Netmap, t *Table, skip int, keepalive time.Duration) *Netmap {
+func Shared(head Netmap, t *Table, skip int, keepalive time.Duration, slas *PeerSLAs) *Netmap {
 	if skip < 0 || skip >= t.Len() {
 		skip = -1
 	}
 	head.Peers = nil
-	head.shared = &shared{table: t, skip: skip, keepalive: keepalive}
+	head.shared = &shared{table: t, skip: skip, keepalive: keepalive, slas: slas}
 	return &head
 }
 
@@ -120,6 +141,7 @@ func (n *Netmap) PeerAt(i int) Peer {
 	}
 	p := s.table.entries[i].peer
 	p.Keepalive = s.keepalive
+	p.SLA = s.slas.For(p.Site)
 	return p
 }
 
@@ -207,6 +229,16 @@ func (n *Netmap) EncodedLen() int {
 			size -= len(s.table.entries[s.skip].enc)
 		}
 		size += count * (len(strconv.FormatInt(int64(s.keepalive/time.Second), 10)) + 1)
+		if sl := s.slas; sl != nil {
+			size += count * len(sl.defEnc)
+			for site, enc := range sl.enc {
+				n := s.table.sites[site]
+				if s.skip >= 0 && s.table.entries[s.skip].peer.Site == site {
+					n--
+				}
+				size += n * (len(enc) - len(sl.defEnc))
+			}
+		}
 		return size
 	}
 	for i := range n.Peers {
@@ -235,13 +267,16 @@ func (n *Netmap) appendHeadBase(dst []byte, base uint64) []byte {
 	dst = appendField(dst, ',', "name", n.Name)
 	dst = appendField(dst, ',', "overlay_addr", n.OverlayAddr.String())
 	dst = appendList(dst, ',', "lan_prefixes", n.LANPrefixes)
+	dst = appendProbes(dst, &n.Probes)
 	return append(dst, `,"peers":[`...)
 }
 
 func (n *Netmap) appendPeer(dst []byte, i int) []byte {
 	if s := n.shared; s != nil {
-		dst = append(dst, s.entryAt(i).enc...)
+		e := s.entryAt(i)
+		dst = append(dst, e.enc...)
 		dst = strconv.AppendInt(dst, int64(s.keepalive/time.Second), 10)
+		dst = append(dst, s.slas.encFor(e.peer.Site)...)
 		return append(dst, '}')
 	}
 	return appendPeer(dst, &n.Peers[i])
@@ -251,6 +286,7 @@ func (n *Netmap) appendPeer(dst []byte, i int) []byte {
 func appendPeer(dst []byte, p *Peer) []byte {
 	dst = appendPeerHead(dst, p)
 	dst = strconv.AppendInt(dst, int64(p.Keepalive/time.Second), 10)
+	dst = appendSLA(dst, p.SLA)
 	return append(dst, '}')
 }
 

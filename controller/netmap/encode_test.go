@@ -2,6 +2,7 @@ package netmap
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/causeway-net/causeway/dataplane/wgkey"
+	"github.com/causeway-net/causeway/probes"
 )
 
 // reference is the plain encoding/json form of the wire type, which the
@@ -26,6 +28,17 @@ func reference(n *Netmap) []byte {
 		w.Peers[i] = wirePeer{
 			Name: p.Name, Site: p.Site, PublicKey: p.PublicKey.String(), OverlayAddr: p.OverlayAddr.String(),
 			Endpoints: refStrs(p.Endpoints), Prefixes: refStrs(p.Prefixes), Keepalive: int64(p.Keepalive / time.Second),
+		}
+		if p.SLA != (probes.SLA{}) {
+			w.Peers[i].SLA = &wireSLA{MaxLossPercent: p.SLA.MaxLossPercent, MaxRTTMS: p.SLA.MaxRTT.Milliseconds(),
+				MaxJitterMS: p.SLA.MaxJitter.Milliseconds()}
+		}
+	}
+	if !n.Probes.IsZero() {
+		w.Probes = &wireProbes{IntervalMS: n.Probes.Interval.Milliseconds()}
+		for _, k := range n.Probes.Keys {
+			raw := k.Raw()
+			w.Probes.Keys = append(w.Probes.Keys, wireKey{ID: uint32(k.ID()), Secret: base64.StdEncoding.EncodeToString(raw[:])})
 		}
 	}
 	b, _ := json.Marshal(w)
@@ -68,11 +81,16 @@ func TestShared(t *testing.T) {
 	table := NewTable(entries)
 	head := *n
 	head.Peers = nil
+	// The tenant's SLA for every peer, an override for the pair with st_2
+	// (br-1), and one with the appliance's own site, which it does not list.
+	def := probes.SLA{MaxLossPercent: 1e-7, MaxRTT: time.Second}
+	slas := NewPeerSLAs(def, map[string]probes.SLA{"st_2": n.Peers[0].SLA, "st_1": {MaxJitter: time.Millisecond}, "st_9": def})
 	for _, keepalive := range []time.Duration{0, 25 * time.Second} {
 		want := *n
 		want.Peers = []Peer{n.Peers[0], n.Peers[1]}
 		want.Peers[0].Keepalive, want.Peers[1].Keepalive = keepalive, keepalive
-		s := Shared(head, table, 1, keepalive)
+		want.Peers[1].SLA = def
+		s := Shared(head, table, 1, keepalive, slas)
 		if s.Peers != nil || s.NumPeers() != 2 || !s.SameContent(&want) || !want.SameContent(s) {
 			t.Fatalf("keepalive %v: shared netmap %+v differs from %+v", keepalive, s.Full(), want)
 		}
@@ -94,8 +112,25 @@ func TestShared(t *testing.T) {
 			t.Errorf("Decode(shared) = %v, %v", got, err)
 		}
 	}
-	if all := Shared(head, table, -1, 0); all.NumPeers() != 3 || all.PeerAt(1).Name != "hq-1" {
+	if all := Shared(head, table, -1, 0, nil); all.NumPeers() != 3 || all.PeerAt(1).Name != "hq-1" {
 		t.Errorf("skip -1 should list every entry, got %d peers", all.NumPeers())
+	}
+	all := Shared(head, table, -1, 0, slas)
+	if enc, _ := json.Marshal(all); len(enc) != all.EncodedLen() || !bytes.Equal(enc, reference(all)) {
+		t.Errorf("skip -1 with SLAs: EncodedLen %d, encoding %s", all.EncodedLen(), enc)
+	}
+	if got := all.PeerAt(1).SLA; got != (probes.SLA{MaxJitter: time.Millisecond}) {
+		t.Errorf("SLA toward its own site: %+v", got)
+	}
+	// Shared entries know nothing of SLAs: another site's netmap over the
+	// same table gives br-1 the default.
+	other := Shared(head, table, 2, 0, NewPeerSLAs(def, nil))
+	if got := other.PeerAt(0).SLA; got != def {
+		t.Errorf("SLA of br-1 at another site: %+v, want the default", got)
+	}
+	if !slas.Equal(NewPeerSLAs(def, map[string]probes.SLA{"st_2": n.Peers[0].SLA, "st_1": {MaxJitter: time.Millisecond}})) ||
+		slas.Equal(NewPeerSLAs(def, nil)) || !(*PeerSLAs)(nil).Equal(NewPeerSLAs(probes.SLA{}, nil)) {
+		t.Error("PeerSLAs.Equal")
 	}
 }
 
@@ -111,7 +146,7 @@ func TestWriteJSONLarge(t *testing.T) {
 		}))
 	}
 	m := Shared(Netmap{Version: 3, Tenant: "t", Appliance: "a", Name: "p-00007", OverlayAddr: netip.MustParseAddr("100.64.0.7")},
-		NewTable(entries), 7, 0)
+		NewTable(entries), 7, 0, nil)
 	var buf bytes.Buffer
 	if _, err := m.WriteJSON(&buf); err != nil {
 		t.Fatal(err)
@@ -141,7 +176,7 @@ func TestDelta(t *testing.T) {
 	added := Peer{Name: "a-new", Site: "st_9", PublicKey: testKey(t, 9), OverlayAddr: netip.MustParseAddr("100.64.0.9")}
 	d := &Delta{Version: 9, Base: base.Version, RequestID: "req-2", Tenant: base.Tenant, Appliance: base.Appliance,
 		Site: base.Site, Name: base.Name, OverlayAddr: base.OverlayAddr, LANPrefixes: base.LANPrefixes,
-		Peers: []Peer{added, changed}, Removed: []string{"br-1"}}
+		Probes: Probes{Keys: base.Probes.Keys[1:], Interval: time.Second}, Peers: []Peer{added, changed}, Removed: []string{"br-1"}}
 	enc, err := json.Marshal(d)
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +190,7 @@ func TestDelta(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &Netmap{Version: 9, RequestID: "req-2", Tenant: base.Tenant, Appliance: base.Appliance, Site: base.Site,
-		Name: base.Name, OverlayAddr: base.OverlayAddr, LANPrefixes: base.LANPrefixes, Peers: []Peer{added, changed}}
+		Name: base.Name, OverlayAddr: base.OverlayAddr, LANPrefixes: base.LANPrefixes, Probes: d.Probes, Peers: []Peer{added, changed}}
 	if !m.SameContent(want) || m.Version != 9 || m.RequestID != "req-2" {
 		t.Errorf("Apply = %+v\nwant %+v", m, want)
 	}
@@ -189,6 +224,8 @@ func TestDelta(t *testing.T) {
 		{edit(`"removed":["br-1"]`, `"removed":[""]`), "removed[0]: required"},
 		{edit(`"name":"a-new"`, `"name":"a-new","x":1`), "peers[0].x: unknown field"},
 		{edit(`"100.64.0.9"`, `"10.0.0.9"`), "peers[0].overlay_addr: 10.0.0.9 is outside"},
+		{edit(`"interval_ms":1000`, `"interval_ms":1000,"q":1`), "probes.q: unknown field"},
+		{edit(`"keepalive_seconds":0`, `"keepalive_seconds":0,"sla":{"max_rtt_ms":1,"w":1}`), "peers[0].sla.w: unknown field"},
 	} {
 		_, err := DecodeDelta(c.in)
 		var de *DecodeError

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/causeway-net/causeway/dataplane/wgkey"
+	"github.com/causeway-net/causeway/probes"
 )
 
 // MaxSize bounds an encoded netmap; Decode refuses anything larger.
@@ -50,6 +51,9 @@ type Netmap struct {
 	OverlayAddr netip.Addr
 	// LANPrefixes are the prefixes of the appliance's own site.
 	LANPrefixes []netip.Prefix
+	// Probes are the tenant's probe keys and the probe interval; zero when
+	// the controller distributes none.
+	Probes Probes
 	// Peers are the other appliances of the tenant, sorted by name. A
 	// netmap made by Shared leaves it nil: see Full.
 	Peers []Peer
@@ -70,6 +74,11 @@ type Peer struct {
 	Prefixes []netip.Prefix
 	// Keepalive is the persistent keepalive toward this peer; 0 disables it.
 	Keepalive time.Duration
+	// SLA is what the paths toward this peer must meet (probes.Selector):
+	// the override for the pair of sites if there is one, else the
+	// tenant's. Durations are whole milliseconds; the zero SLA (no limits)
+	// is left out of the encoding.
+	SLA probes.SLA
 }
 
 // AllowedPrefixes is what WireGuard accepts from, and routes to, the peer:
@@ -83,14 +92,16 @@ func (p *Peer) AllowedPrefixes() []netip.Prefix {
 // Equal reports whether two peers are the same.
 func (p *Peer) Equal(q *Peer) bool {
 	return p.Name == q.Name && p.Site == q.Site && p.PublicKey == q.PublicKey && p.OverlayAddr == q.OverlayAddr &&
-		slices.Equal(p.Endpoints, q.Endpoints) && slices.Equal(p.Prefixes, q.Prefixes) && p.Keepalive == q.Keepalive
+		slices.Equal(p.Endpoints, q.Endpoints) && slices.Equal(p.Prefixes, q.Prefixes) && p.Keepalive == q.Keepalive &&
+		p.SLA == q.SLA
 }
 
 // SameContent reports whether two netmaps configure the same thing,
 // ignoring Version and RequestID.
 func (n *Netmap) SameContent(m *Netmap) bool {
 	if n.Tenant != m.Tenant || n.Appliance != m.Appliance || n.Site != m.Site || n.Name != m.Name ||
-		n.OverlayAddr != m.OverlayAddr || !slices.Equal(n.LANPrefixes, m.LANPrefixes) || n.NumPeers() != m.NumPeers() {
+		n.OverlayAddr != m.OverlayAddr || !slices.Equal(n.LANPrefixes, m.LANPrefixes) || !n.Probes.Equal(&m.Probes) ||
+		n.NumPeers() != m.NumPeers() {
 		return false
 	}
 	if n.shared != nil && m.shared != nil && *n.shared == *m.shared {
@@ -108,15 +119,16 @@ func (n *Netmap) SameContent(m *Netmap) bool {
 // wire is the JSON shape. Every field is a plain string or number so that
 // each error can name the field it came from.
 type wire struct {
-	Version     uint64     `json:"version"`
-	RequestID   string     `json:"request_id,omitempty"`
-	Tenant      string     `json:"tenant"`
-	Appliance   string     `json:"appliance"`
-	Site        string     `json:"site"`
-	Name        string     `json:"name"`
-	OverlayAddr string     `json:"overlay_addr"`
-	LANPrefixes []string   `json:"lan_prefixes"`
-	Peers       []wirePeer `json:"peers"`
+	Version     uint64      `json:"version"`
+	RequestID   string      `json:"request_id,omitempty"`
+	Tenant      string      `json:"tenant"`
+	Appliance   string      `json:"appliance"`
+	Site        string      `json:"site"`
+	Name        string      `json:"name"`
+	OverlayAddr string      `json:"overlay_addr"`
+	LANPrefixes []string    `json:"lan_prefixes"`
+	Probes      *wireProbes `json:"probes,omitempty"`
+	Peers       []wirePeer  `json:"peers"`
 }
 
 type wirePeer struct {
@@ -127,6 +139,7 @@ type wirePeer struct {
 	Endpoints   []string `json:"endpoints"`
 	Prefixes    []string `json:"prefixes"`
 	Keepalive   int64    `json:"keepalive_seconds"`
+	SLA         *wireSLA `json:"sla,omitempty"`
 }
 
 // FieldError is one problem with one field.
@@ -173,26 +186,79 @@ func Decode(data []byte) (*Netmap, error) {
 		return nil, &DecodeError{[]error{err}}
 	}
 	v := &validator{}
-	peers := make([]wirePeer, len(w.Peers))
-	for i, raw := range w.Peers {
-		if err := DecodeStrict(raw, &peers[i], fmt.Sprintf("peers[%d]", i)); err != nil {
-			v.errs = append(v.errs, err)
-		}
-	}
+	ww := w.wire
+	ww.Probes = decodeProbesRaw(v, w.Probes)
+	peers := decodePeersRaw(v, w.Peers)
 	if len(v.errs) > 0 {
 		return nil, &DecodeError{v.errs}
 	}
-	n := v.netmap(&w.wire, peers)
+	n := v.netmap(&ww, peers)
 	if len(v.errs) > 0 {
 		return nil, &DecodeError{v.errs}
 	}
 	return n, nil
 }
 
-// wireIn is wire with the peers left raw.
+// wireIn is wire with the probes and the peers left raw.
 type wireIn struct {
 	wire
-	Peers []json.RawMessage `json:"peers"`
+	Probes json.RawMessage   `json:"probes"`
+	Peers  []json.RawMessage `json:"peers"`
+}
+
+// wirePeerIn is wirePeer with the SLA left raw.
+type wirePeerIn struct {
+	wirePeer
+	SLA json.RawMessage `json:"sla"`
+}
+
+// wireProbesIn is wireProbes with the keys left raw.
+type wireProbesIn struct {
+	wireProbes
+	Keys []json.RawMessage `json:"keys"`
+}
+
+// decodePeersRaw decodes each peer on its own, and its SLA on its own, so
+// that every error names the peer (encoding/json leaves the index and the
+// enclosing object out of some errors). Errors go to v.
+func decodePeersRaw(v *validator, raws []json.RawMessage) []wirePeer {
+	peers := make([]wirePeer, len(raws))
+	for i, raw := range raws {
+		base := fmt.Sprintf("peers[%d]", i)
+		var in wirePeerIn
+		if err := DecodeStrict(raw, &in, base); err != nil {
+			v.errs = append(v.errs, err)
+			continue
+		}
+		peers[i] = in.wirePeer
+		if len(in.SLA) > 0 && string(in.SLA) != "null" {
+			peers[i].SLA = new(wireSLA)
+			if err := DecodeStrict(in.SLA, peers[i].SLA, base+".sla"); err != nil {
+				v.errs = append(v.errs, err)
+			}
+		}
+	}
+	return peers
+}
+
+// decodeProbesRaw is decodePeersRaw for the probes object.
+func decodeProbesRaw(v *validator, raw json.RawMessage) *wireProbes {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil
+	}
+	var in wireProbesIn
+	if err := DecodeStrict(raw, &in, "probes"); err != nil {
+		v.errs = append(v.errs, err)
+		return nil
+	}
+	p := &in.wireProbes
+	p.Keys = make([]wireKey, len(in.Keys))
+	for i, k := range in.Keys {
+		if err := DecodeStrict(k, &p.Keys[i], fmt.Sprintf("probes.keys[%d]", i)); err != nil {
+			v.errs = append(v.errs, err)
+		}
+	}
+	return p
 }
 
 // DecodeStrict decodes one JSON value into v, refusing unknown fields and
@@ -260,22 +326,31 @@ func jsonType(kind string) string {
 }
 
 // JSONPath turns encoding/json's "peers.1.public_key" into
-// "peers[1].public_key".
+// "peers[1].public_key". It drops the names encoding/json gives the
+// embedded structs of this package's decoding types ("wirePeer"), which
+// are no part of the document.
 func JSONPath(p string) string {
 	parts := strings.Split(p, ".")
 	var b strings.Builder
-	for i, s := range parts {
+	for _, s := range parts {
+		if embeddedWire[s] {
+			continue
+		}
 		if s != "" && strings.Trim(s, "0123456789") == "" {
 			b.WriteString("[" + s + "]")
 			continue
 		}
-		if i > 0 {
+		if b.Len() > 0 {
 			b.WriteByte('.')
 		}
 		b.WriteString(s)
 	}
 	return b.String()
 }
+
+// embeddedWire names the structs embedded in wireIn, wirePeerIn,
+// wireProbesIn and wireDelta(In).
+var embeddedWire = map[string]bool{"wire": true, "wireIn": true, "wirePeer": true, "wireProbes": true}
 
 type validator struct{ errs []error }
 
@@ -298,6 +373,7 @@ func (v *validator) netmap(w *wire, peers []wirePeer) *Netmap {
 	}
 	n.OverlayAddr = v.overlayAddr("overlay_addr", w.OverlayAddr)
 	n.LANPrefixes = v.prefixes("lan_prefixes", w.LANPrefixes)
+	n.Probes = v.probes(w.Probes)
 	if len(peers) > 0 {
 		n.Peers = make([]Peer, 0, len(peers))
 	}
@@ -343,6 +419,7 @@ func (v *validator) netmap(w *wire, peers []wirePeer) *Netmap {
 		} else {
 			p.Keepalive = time.Duration(wp.Keepalive) * time.Second
 		}
+		p.SLA = v.sla(base+".sla", wp.SLA)
 		n.Peers = append(n.Peers, p)
 	}
 	return n

@@ -23,6 +23,14 @@ const DefaultKeepalive = 25 * time.Second
 // itself), so the view encodes each peer once (entries), sorts them into one
 // shared table, and each netmap refers to that table: a change costs O(N)
 // for a tenant of N appliances, not O(N²).
+//
+// What differs between the netmaps besides the appliance's own part is the
+// keepalive (per appliance) and the SLA toward each peer (per pair of
+// sites). The SLAs live in one netmap.PeerSLAs per site (slas), shared by
+// that site's netmaps and kept outside the shared entries: a site-pair
+// override replaces the PeerSLAs of its two sites only, and so recompiles
+// and republishes the netmaps of those two sites' appliances only. The
+// probe keys are part of every netmap's own part (probes).
 type tenantView struct {
 	tenant *store.Tenant
 	sites  map[string]*store.Site
@@ -40,6 +48,12 @@ type tenantView struct {
 	maps   map[string]*netmap.Netmap
 	// history is what changed in the views before this one, for deltas.
 	history *history
+	// probes is the probes object of every netmap of the tenant.
+	probes netmap.Probes
+	// sla is the tenant's SLA and overrides; slas the SLAs each site's
+	// appliances apply to their peers, shared by the site's netmaps.
+	sla  slaConfig
+	slas map[string]*netmap.PeerSLAs
 }
 
 type selfContext struct {
@@ -106,10 +120,18 @@ func (s *State) applyLocked(id string, snap *snapshot, version uint64, requestID
 		entries: make(map[string]*netmap.PeerEntry, len(snap.apps)),
 		selves:  make(map[string]selfContext, len(snap.apps)),
 		maps:    make(map[string]*netmap.Netmap, len(snap.apps)),
+		probes:  probesOf(snap.keys),
+		sla:     slaConfigOf(snap.tenant, snap.overrides),
 	}
 	for _, site := range snap.sites {
 		nv.sites[site.ID] = site
 	}
+	var oldSLAs map[string]*netmap.PeerSLAs
+	if old != nil {
+		oldSLAs = old.slas
+	}
+	nv.slas = buildSLAs(nv.sla, nv.sites, oldSLAs)
+	probesChanged := old == nil || !old.probes.Equal(&nv.probes)
 	// Which peer entries differ from the old view? Unchanged ones keep
 	// their encoding. changed lists the appliances whose entry changed;
 	// changedNames the names their peers knew them by, before and after.
@@ -152,6 +174,22 @@ func (s *State) applyLocked(id string, snap *snapshot, version uint64, requestID
 	} else {
 		nv.table, nv.index = buildTable(nv.apps, nv.entries)
 	}
+	// A change of SLA changes the peer entries as the appliances of some
+	// sites see them: the history names the appliances of every site whose
+	// SLA toward some peer changed, so that deltas carry them again.
+	if old != nil {
+		if sites, all := slaChangedSites(old.sla, nv.sla); all || len(sites) > 0 {
+			seen := map[string]bool{}
+			for _, v := range []*tenantView{old, nv} {
+				for _, a := range v.apps {
+					if name := v.entries[a.ID].Peer().Name; (all || sites[a.SiteID]) && !seen[name] {
+						seen[name] = true
+						changedNames = append(changedNames, name)
+					}
+				}
+			}
+		}
+	}
 
 	var selvesChanged []string
 	for appID, a := range nv.apps {
@@ -161,7 +199,8 @@ func (s *State) applyLocked(id string, snap *snapshot, version uint64, requestID
 		}
 		selfSame := old != nil && old.selves[appID] == nv.selves[appID]
 		othersChanged := len(changed) > 1 || (len(changed) == 1 && changed[0] != appID)
-		if om != nil && selfSame && !othersChanged {
+		slasSame := old != nil && old.slas[a.SiteID] == nv.slas[a.SiteID]
+		if om != nil && selfSame && !othersChanged && slasSame && !probesChanged {
 			nv.maps[appID] = om
 			continue
 		}
@@ -223,8 +262,9 @@ func (v *tenantView) compile(a *store.Appliance) *netmap.Netmap {
 		Name:        a.Name,
 		OverlayAddr: a.OverlayAddr,
 		LANPrefixes: slices.Clone(site.LANPrefixes),
+		Probes:      v.probes,
 	}
-	return netmap.Shared(head, v.table, v.index[a.ID], keepaliveFor(a, site))
+	return netmap.Shared(head, v.table, v.index[a.ID], keepaliveFor(a, site), v.slas[site.ID])
 }
 
 // allocAddr returns the lowest overlay address not in used.

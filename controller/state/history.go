@@ -93,7 +93,8 @@ func (h *history) raiseFloor(v uint64) *history {
 // delta returns what turns the netmap of appliance appID at version since
 // into its current one, or nil when only the full netmap will do: since is
 // older than the history, the appliance's own part changed, or so many
-// peers changed that the delta would not be much smaller.
+// peers changed that the delta would not be much smaller. The probe keys
+// need no step of their own: every delta carries them in full.
 func (v *tenantView) delta(appID string, since uint64) *netmap.Delta {
 	m, self := v.maps[appID], v.selves[appID]
 	h := v.history
@@ -115,7 +116,8 @@ func (v *tenantView) delta(appID string, since uint64) *netmap.Delta {
 		}
 	}
 	d := &netmap.Delta{Version: m.Version, Base: since, RequestID: m.RequestID, Tenant: m.Tenant, Appliance: m.Appliance,
-		Site: m.Site, Name: m.Name, OverlayAddr: m.OverlayAddr, LANPrefixes: m.LANPrefixes}
+		Site: m.Site, Name: m.Name, OverlayAddr: m.OverlayAddr, LANPrefixes: m.LANPrefixes, Probes: m.Probes}
+	slas := v.slas[m.Site]
 	for name := range names {
 		if name == m.Name {
 			continue // the appliance itself is no peer of its own
@@ -123,6 +125,7 @@ func (v *tenantView) delta(appID string, since uint64) *netmap.Delta {
 		if e, ok := v.table.Lookup(name); ok {
 			p := e.Peer()
 			p.Keepalive = self.keepalive
+			p.SLA = slas.For(p.Site)
 			d.Peers = append(d.Peers, p)
 		} else {
 			d.Removed = append(d.Removed, name)

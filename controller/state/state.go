@@ -40,6 +40,10 @@ type Options struct {
 	// OnPush, if set, is called once per tenant change applied, with the
 	// time from the change's commit to its netmaps being published here.
 	OnPush func(lag time.Duration)
+	// ProbeKeyGrace is how long a new probe key spreads as "next" before
+	// a rotation may make it current (see RotateProbeKey). 0 means
+	// DefaultProbeKeyGrace; negative means no wait (tests).
+	ProbeKeyGrace time.Duration
 	// TestOnlyNow replaces time.Now.
 	TestOnlyNow func() time.Time
 }
@@ -85,6 +89,12 @@ func New(ctx context.Context, opts Options) (*State, error) {
 	if opts.ChangeRetention <= 0 {
 		opts.ChangeRetention = time.Hour
 	}
+	switch {
+	case opts.ProbeKeyGrace == 0:
+		opts.ProbeKeyGrace = DefaultProbeKeyGrace
+	case opts.ProbeKeyGrace < 0:
+		opts.ProbeKeyGrace = 0
+	}
 	s := &State{
 		store:     opts.Store,
 		log:       opts.Logger,
@@ -99,6 +109,9 @@ func New(ctx context.Context, opts Options) (*State, error) {
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if err := s.ensureProbeKeys(ctx); err != nil {
+		return nil, fmt.Errorf("state: probe keys: %w", err)
 	}
 	if err := s.reloadAll(ctx); err != nil {
 		return nil, err
@@ -126,9 +139,11 @@ func (s *State) Ping(ctx context.Context) error { return s.store.Ping(ctx) }
 
 // snapshot is one tenant as read from the store; nil tenant means deleted.
 type snapshot struct {
-	tenant *store.Tenant
-	sites  []*store.Site
-	apps   []*store.Appliance
+	tenant    *store.Tenant
+	sites     []*store.Site
+	apps      []*store.Appliance
+	overrides []*store.SLAOverride
+	keys      []*store.ProbeKey
 }
 
 func loadTenant(ctx context.Context, tx *store.Tx, id string) (*snapshot, error) {
@@ -147,7 +162,15 @@ func loadTenant(ctx context.Context, tx *store.Tx, id string) (*snapshot, error)
 	if err != nil {
 		return nil, err
 	}
-	return &snapshot{tenant: t, sites: sites, apps: apps}, nil
+	overrides, err := tx.ListSLAOverrides(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := tx.ListProbeKeys(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &snapshot{tenant: t, sites: sites, apps: apps, overrides: overrides, keys: keys}, nil
 }
 
 // reloadAll rebuilds every view from the store. Netmaps whose content is

@@ -50,7 +50,8 @@ func tenantFor(ctx context.Context, tx *store.Tx, p *Principal, ref string) (*st
 	return t, err
 }
 
-// CreateTenant adds a tenant. Operators only.
+// CreateTenant adds a tenant, with DefaultSLA and a new probe key.
+// Operators only.
 func (s *State) CreateTenant(ctx context.Context, p *Principal, name string) (*store.Tenant, error) {
 	if err := requireOperator(p); err != nil {
 		return nil, err
@@ -62,13 +63,16 @@ func (s *State) CreateTenant(ctx context.Context, p *Principal, name string) (*s
 	if err := f.err(); err != nil {
 		return nil, err
 	}
-	t := &store.Tenant{ID: newID(prefixTenant), Name: name, CreatedAt: s.now()}
+	t := &store.Tenant{ID: newID(prefixTenant), Name: name, CreatedAt: s.now(), SLA: DefaultSLA}
 	seq, err := store.Write(ctx, s.store, func(tx *store.Tx) (int64, error) {
 		if _, err := tx.TenantByName(ctx, name); err == nil {
 			return 0, &Error{Code: CodeConflict, Msg: "tenant exists", Fields: []FieldError{{"name", fmt.Sprintf("a tenant named %q exists", name)}}}
 		}
 		if err := tx.InsertTenant(ctx, t); err != nil {
 			return 0, storeErr(err)
+		}
+		if _, err := insertProbeKey(ctx, tx, t.ID, 1, store.ProbeKeyCurrent, t.CreatedAt); err != nil {
+			return 0, err
 		}
 		return s.record(ctx, tx, t.ID, "tenant.create", t.ID)
 	})

@@ -7,12 +7,12 @@ import (
 	"fmt"
 )
 
-const tenantCols = "id, name, created_at"
+const tenantCols = "id, name, created_at, sla_max_loss_percent, sla_max_rtt_ms, sla_max_jitter_ms"
 
 func scanTenant(sc interface{ Scan(...any) error }) (*Tenant, error) {
 	var t Tenant
 	var created int64
-	if err := sc.Scan(&t.ID, &t.Name, &created); err != nil {
+	if err := sc.Scan(&t.ID, &t.Name, &created, &t.SLA.MaxLossPercent, &t.SLA.MaxRTTMillis, &t.SLA.MaxJitterMillis); err != nil {
 		return nil, err
 	}
 	t.CreatedAt = fromMillis(created)
@@ -21,8 +21,16 @@ func scanTenant(sc interface{ Scan(...any) error }) (*Tenant, error) {
 
 // InsertTenant adds a tenant.
 func (t *Tx) InsertTenant(ctx context.Context, v *Tenant) error {
-	_, err := t.exec(ctx, "INSERT INTO tenants ("+tenantCols+") VALUES ($1, $2, $3)", v.ID, v.Name, millis(v.CreatedAt))
+	_, err := t.exec(ctx, "INSERT INTO tenants ("+tenantCols+") VALUES ($1, $2, $3, $4, $5, $6)", v.ID, v.Name, millis(v.CreatedAt),
+		v.SLA.MaxLossPercent, v.SLA.MaxRTTMillis, v.SLA.MaxJitterMillis)
 	return err
+}
+
+// UpdateTenantSLA replaces a tenant's SLA.
+func (t *Tx) UpdateTenantSLA(ctx context.Context, id string, sla SLA) error {
+	r, err := t.exec(ctx, "UPDATE tenants SET sla_max_loss_percent = $2, sla_max_rtt_ms = $3, sla_max_jitter_ms = $4 WHERE id = $1",
+		id, sla.MaxLossPercent, sla.MaxRTTMillis, sla.MaxJitterMillis)
+	return mustAffect(r, err, "tenant "+id)
 }
 
 // TenantByID returns one tenant.

@@ -12,6 +12,49 @@ type Tenant struct {
 	ID        string
 	Name      string
 	CreatedAt time.Time
+	// SLA applies to every pair of the tenant's sites without an override.
+	SLA SLA
+}
+
+// SLA holds the thresholds a path must meet (see probes.SLA); 0 means no
+// limit.
+type SLA struct {
+	MaxLossPercent  float64
+	MaxRTTMillis    int64
+	MaxJitterMillis int64
+}
+
+// SLAOverride is the SLA of one pair of sites, in both directions. SiteA is
+// the smaller of the two ids.
+type SLAOverride struct {
+	TenantID     string
+	SiteA, SiteB string
+	SLA          SLA
+	UpdatedAt    time.Time
+}
+
+// ProbeKeyRole is what a probe key is for.
+type ProbeKeyRole string
+
+const (
+	// ProbeKeyCurrent signs every probe request.
+	ProbeKeyCurrent ProbeKeyRole = "current"
+	// ProbeKeyNext is accepted, not used to sign: a rotation distributes
+	// it before it becomes current.
+	ProbeKeyNext ProbeKeyRole = "next"
+	// ProbeKeyPrevious is the key current before the last rotation, still
+	// accepted from appliances that have not switched yet.
+	ProbeKeyPrevious ProbeKeyRole = "previous"
+)
+
+// ProbeKey is one of a tenant's probe keys.
+type ProbeKey struct {
+	TenantID string
+	// ID is the key id probes carry (a uint32).
+	ID        int64
+	Secret    [32]byte
+	Role      ProbeKeyRole
+	CreatedAt time.Time
 }
 
 // SiteKind says what a site is; it decides defaults such as keepalives.
