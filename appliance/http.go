@@ -101,6 +101,8 @@ var (
 		"Share of the path's last 50 settled probes that were lost (0 to 1).", pathLabels, nil)
 	descPathJitter = prometheus.NewDesc("causeway_path_jitter_seconds",
 		"RFC 3550 jitter of the path's round-trip times.", pathLabels, nil)
+	descPathProbes = prometheus.NewDesc("causeway_path_probes_total",
+		"Probes of the path by outcome: sent, received (answered in time), lost (unanswered after the loss timeout). Rates over any range give that range's loss.", append(pathLabels, "outcome"), nil)
 	descPathActive = prometheus.NewDesc("causeway_path_active",
 		"1 for the path the peer's traffic takes, 0 for the others.", pathLabels, nil)
 	descPathChanges = prometheus.NewDesc("causeway_path_changes_total",
@@ -113,7 +115,7 @@ var (
 type pathCollector struct{ p *prober }
 
 func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPathUp, descPathRTT, descPathLoss, descPathJitter, descPathActive, descPathChanges, descProbeRejected} {
+	for _, d := range []*prometheus.Desc{descPathUp, descPathRTT, descPathLoss, descPathJitter, descPathProbes, descPathActive, descPathChanges, descProbeRejected} {
 		ch <- d
 	}
 }
@@ -143,6 +145,12 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if s.Stats.Settled > 0 {
 			gauge(descPathLoss, s.Stats.LossPercent/100, l...)
+		}
+		for _, o := range []struct {
+			outcome string
+			v       uint64
+		}{{"sent", s.Stats.Sent}, {"received", s.Stats.Received}, {"lost", s.Stats.Lost}} {
+			ch <- prometheus.MustNewConstMetric(descPathProbes, prometheus.CounterValue, float64(o.v), append(l, o.outcome)...)
 		}
 	}
 	counter := func(d *prometheus.Desc, v uint64, label string) {

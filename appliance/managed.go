@@ -175,14 +175,18 @@ func (m *managed) apply(nm *netmap.Netmap) error {
 	switch {
 	case m.a == nil:
 		m.a, err = Start(cfg, m.log)
-	case m.a.Config().OverlayAddr != cfg.OverlayAddr:
-		m.log.Info("overlay address changed; restarting the dataplane", "from", m.a.Config().OverlayAddr.String(), "to", cfg.OverlayAddr.String())
-		if err := m.a.Close(); err != nil {
-			m.log.Error("stopping the dataplane", "err", err)
-		}
-		m.a, err = Start(cfg, m.log)
 	default:
-		err = m.a.Apply(cfg)
+		// A change Apply cannot make in place (the overlay address, the
+		// probe interval) restarts the dataplane: a short gap beats
+		// running on a config the controller no longer means.
+		var ce *ConfigError
+		if err = m.a.Apply(cfg); errors.As(err, &ce) {
+			m.log.Info("netmap changes a setting that needs a restart; restarting the dataplane", "why", err.Error())
+			if cerr := m.a.Close(); cerr != nil {
+				m.log.Error("stopping the dataplane", "err", cerr)
+			}
+			m.a, err = Start(cfg, m.log)
+		}
 	}
 	if err != nil {
 		return err

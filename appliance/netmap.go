@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/causeway-net/causeway/controller/netmap"
+	"github.com/causeway-net/causeway/probes"
 )
 
 // NetmapFile is where a controller-managed appliance keeps the last netmap
@@ -42,11 +43,23 @@ func ConfigFromNetmap(l Local, nm *netmap.Netmap) (*Config, error) {
 	if c.ListenPort == 0 {
 		c.ListenPort = DefaultListenPort
 	}
+	// Path probing: the tenant's keys (signing key first) and interval;
+	// each peer carries the SLA the controller resolved for the site pair.
+	if !nm.Probes.IsZero() {
+		c.ProbeKey = nm.Probes.Keys[0]
+		c.ProbeAccepted = nm.Probes.Keys[1:]
+		c.ProbeInterval = nm.Probes.Interval
+	}
 	for _, p := range nm.Peers {
-		c.Peers = append(c.Peers, PeerConfig{
+		pc := PeerConfig{
 			Name: p.Name, PublicKey: p.PublicKey, OverlayAddr: p.OverlayAddr,
 			Endpoints: p.Endpoints, Prefixes: p.Prefixes, Keepalive: p.Keepalive,
-		})
+		}
+		if p.SLA != (probes.SLA{}) {
+			sla := p.SLA
+			pc.SLA = &sla
+		}
+		c.Peers = append(c.Peers, pc)
 	}
 	b, err := json.Marshal(c)
 	if err != nil {
