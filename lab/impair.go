@@ -23,8 +23,10 @@ import (
 //
 // Everything happens on the inet side of the link, so the appliance
 // itself is untouched and sees no change of carrier or configuration:
-//   - Loss drops each packet with probability Loss percent, in each
-//     direction independently (nftables `numgen random`).
+//   - Loss drops each packet that inet sends into the link, towards the
+//     appliance, with probability Loss percent (nftables `numgen random`):
+//     like delay, and like netem on inet's port, it is one-way, so a
+//     round trip (a probe and its reply) loses Loss percent, not twice it.
 //   - Down drops every IPv4 packet in both directions (ARP still passes,
 //     as it would to a modem whose ISP is down).
 //   - Delay and Jitter hold each packet that inet sends into the link, that
@@ -289,8 +291,8 @@ const (
 //	chain in-<link>  { type filter hook prerouting priority -300; iifname <link> counter; <drop> }
 //	chain out-<link> { type filter hook postrouting priority 300; oifname <link> counter; <drop> }
 //
-// where <drop> is `counter drop` for Down and `numgen random mod 10000 <
-// loss*100 counter drop` for Loss.
+// where <drop> is `counter drop` for Down (both chains) and `numgen random
+// mod 10000 < loss*100 counter drop` for Loss (the out chain only).
 func setImpairRules(ns string, k impairLink, im Impairment) error {
 	return withNetnsFD(ns, func(fd int) error {
 		c, err := nftConn(fd)
@@ -316,7 +318,7 @@ func setImpairRules(ns string, k impairLink, im Impairment) error {
 			switch {
 			case im.Down:
 				drop = []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
-			case im.Loss > 0:
+			case im.Loss > 0 && d.key == expr.MetaKeyOIFNAME:
 				// numgen leaves a host-order number; compare it in network
 				// order, as nft does for `<`.
 				limit := binary.BigEndian.AppendUint32(nil, im.lossPer10k())

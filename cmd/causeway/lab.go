@@ -378,8 +378,9 @@ link to the Internet router inet can be impaired), on inet's side of it, so
 that the appliance sees no change of its own. Each call replaces what the
 link had: flags not given are off.
 
-  --loss P%    drops each packet with probability P percent (0-100, steps
-               of 0.01), in each direction independently (nftables numgen)
+  --loss P%    drops each packet inet sends into the link, towards NODE,
+               with probability P percent (0-100, steps of 0.01; nftables
+               numgen): a round trip loses P percent
   --delay D    holds each packet inet sends into the link, that is towards
                NODE, for D (a userspace delay stage in inet: the round trip
                grows by D; the other direction is not delayed)
@@ -394,7 +395,7 @@ link had: flags not given are off.
 Flags:`)
 	lf := addLabFlags(fs)
 	var loss lossFlag
-	fs.Var(&loss, "loss", "percentage of packets to drop in each direction, e.g. 5% (0-100)")
+	fs.Var(&loss, "loss", "percentage of packets towards NODE to drop, e.g. 5% (0-100)")
 	delay := fs.Duration("delay", 0, "delay towards NODE, e.g. 30ms (0-10s)")
 	jitter := fs.Duration("jitter", 0, "uniform jitter around the delay, e.g. 5ms (0-10s)")
 	down := fs.Bool("down", false, "drop everything on the link")
