@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/causeway-net/causeway/controller/netmap"
 	"github.com/causeway-net/causeway/dataplane/wgkey"
 	"github.com/causeway-net/causeway/probes"
 )
@@ -246,30 +247,13 @@ func jsonError(data []byte, err error) error {
 		line, col := lineCol(data, se.Offset)
 		return fmt.Errorf("line %d, column %d: %v", line, col, se)
 	case errors.As(err, &te):
-		return &FieldError{Field: jsonPath(te.Field), Msg: fmt.Sprintf("want %s, got JSON %s", te.Type, te.Value)}
+		return &FieldError{Field: netmap.JSONPath(te.Field), Msg: fmt.Sprintf("want %s, got JSON %s", te.Type, te.Value)}
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		return &FieldError{Field: strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`), Msg: "unknown field"}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return errors.New("empty or truncated file")
 	}
 	return err
-}
-
-// jsonPath turns encoding/json's "peers.1.public_key" into "peers[1].public_key".
-func jsonPath(p string) string {
-	parts := strings.Split(p, ".")
-	var b strings.Builder
-	for i, s := range parts {
-		if s != "" && strings.Trim(s, "0123456789") == "" {
-			b.WriteString("[" + s + "]")
-			continue
-		}
-		if i > 0 {
-			b.WriteByte('.')
-		}
-		b.WriteString(s)
-	}
-	return b.String()
 }
 
 func lineCol(data []byte, off int64) (int, int) {
