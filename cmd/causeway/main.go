@@ -23,11 +23,11 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"appliance":  {summary: "run the site appliance (WireGuard dataplane for one site)", run: runAppliance},
+	"appliance":  {summary: "run a site appliance: enrolls, follows the controller, runs the WireGuard dataplane and probes every path", run: runAppliance},
 	"controller": {summary: "run the controller (API, enrollment, config push)", run: runController},
 	"ctl":        {summary: "admin CLI for the controller API", run: runCtl},
 	"lab":        {summary: "build a demo overlay in network namespaces on this machine", run: runLab},
-	"bench":      {summary: "benchmarks (dataplane throughput and latency against stock wireguard-go)", run: runBench},
+	"bench":      {summary: "benchmarks: the dataplane against stock wireguard-go, the control plane with N appliances", run: runBench},
 	"version":    {summary: "print the version", run: runVersion},
 }
 
