@@ -162,13 +162,9 @@ type filePeer struct {
 	SLA         *fileSLA `json:"sla,omitempty"`
 }
 
-// FieldError is one problem with one field of a config file.
-type FieldError struct {
-	Field string // JSON path, e.g. "peers[1].public_key"
-	Msg   string
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+// FieldError is one problem with one field of a config file: the same type
+// a netmap's decoder reports, so both read alike.
+type FieldError = netmap.FieldError
 
 // ConfigError lists every problem found in a config file.
 type ConfigError struct {
