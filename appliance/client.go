@@ -286,3 +286,55 @@ func strs[T fmt.Stringer](vs []T) []string {
 	}
 	return out
 }
+
+// PathPoint is one interval of one path as the controller stores it
+// (POST /api/v1/paths/report). Figures are counts and microseconds.
+type PathPoint struct {
+	Peer      string    `json:"peer"`
+	Uplink    string    `json:"uplink"`
+	Remote    string    `json:"remote"`
+	Start     time.Time `json:"start"`
+	End       time.Time `json:"end"`
+	Sent      uint64    `json:"sent"`
+	Received  uint64    `json:"received"`
+	Lost      uint64    `json:"lost"`
+	RTTMinUS  int64     `json:"rtt_min_us"`
+	RTTMeanUS int64     `json:"rtt_mean_us"`
+	RTTP50US  int64     `json:"rtt_p50_us"`
+	RTTP99US  int64     `json:"rtt_p99_us"`
+	RTTMaxUS  int64     `json:"rtt_max_us"`
+	JitterUS  int64     `json:"jitter_us"`
+}
+
+// ReportResult is the controller's answer to a path report.
+type ReportResult struct {
+	Accepted  int64 `json:"accepted"`
+	Duplicate int64 `json:"duplicate"` // stored before: a resend
+	Ignored   int64 `json:"ignored"`   // an unknown peer, or past retention
+}
+
+// ReportPaths sends path points with the device credential. Sending the
+// same points again is harmless: the controller stores each once.
+func (c *Client) ReportPaths(ctx context.Context, pts []PathPoint) (ReportResult, error) {
+	var res ReportResult
+	b, err := json.Marshal(map[string]any{"points": pts})
+	if err != nil {
+		return res, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base.JoinPath("/api/v1/paths/report").String(), bytes.NewReader(b))
+	if err != nil {
+		return res, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cred)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return res, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return res, apiError(resp)
+	}
+	err = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&res)
+	return res, err
+}

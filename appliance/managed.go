@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/causeway-net/causeway/controller/netmap"
@@ -105,6 +106,13 @@ func RunManaged(ctx context.Context, o ManagedOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	// Path history: the prober's aggregates go to the controller every
+	// ReportInterval, from a goroutine of their own (joined before the
+	// appliance closes: defers run last first).
+	rep := newReporter(reporterOptions{Source: m.pathAggregates, Send: c.ReportPaths, Logger: log})
+	rep.start()
+	defer rep.close()
+
 	have := first
 	failures := 0
 	for ctx.Err() == nil {
@@ -162,7 +170,30 @@ func enrollWithRetry(ctx context.Context, c *Client, req EnrollRequest, maxBacko
 type managed struct {
 	log   *slog.Logger
 	local Local
+	mu    sync.Mutex // guards a, which the path reporter reads
 	a     *Appliance
+}
+
+// running returns the running appliance, nil before the first netmap.
+func (m *managed) running() *Appliance {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.a
+}
+
+// setRunning records the running appliance.
+func (m *managed) setRunning(a *Appliance) {
+	m.mu.Lock()
+	m.a = a
+	m.mu.Unlock()
+}
+
+// pathAggregates is the path reporter's source: the aggregates of the
+// appliance running now. An appliance replaced meanwhile keeps answering
+// (its tracker outlives its prober), so a restart loses at most one
+// interval.
+func (m *managed) pathAggregates(now time.Time) []pathAggregate {
+	return m.running().pathAggregates(now)
 }
 
 // apply moves the appliance to nm: in place when it can, by a restart when
@@ -174,7 +205,9 @@ func (m *managed) apply(nm *netmap.Netmap) error {
 	}
 	switch {
 	case m.a == nil:
-		m.a, err = Start(cfg, m.log)
+		var a *Appliance
+		a, err = Start(cfg, m.log)
+		m.setRunning(a)
 	default:
 		// A change Apply cannot make in place (the overlay address, the
 		// probe interval) restarts the dataplane: a short gap beats
@@ -185,7 +218,9 @@ func (m *managed) apply(nm *netmap.Netmap) error {
 			if cerr := m.a.Close(); cerr != nil {
 				m.log.Error("stopping the dataplane", "err", cerr)
 			}
-			m.a, err = Start(cfg, m.log)
+			var a *Appliance
+			a, err = Start(cfg, m.log)
+			m.setRunning(a)
 		}
 	}
 	if err != nil {

@@ -579,3 +579,33 @@ func (p *prober) counters() proberCounters {
 	}
 	return c
 }
+
+// pathAggregate is one path's interval aggregate with what the path is,
+// for the controller (see report.go).
+type pathAggregate struct {
+	Peer, Uplink string
+	Remote       netip.AddrPort
+	Agg          probes.Aggregate
+}
+
+// aggregates returns every probed path's aggregate since the previous
+// call and starts a new interval (probes.Tracker.Aggregates). Paths
+// removed in between are left out.
+func (p *prober) aggregates(now time.Time) []pathAggregate {
+	aggs := p.tr.Aggregates(now)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]pathAggregate, 0, len(aggs))
+	for _, a := range aggs {
+		ref, ok := p.ids.ref(a.Path)
+		if !ok {
+			continue
+		}
+		pp := p.peers[ref.peer]
+		if pp == nil {
+			continue
+		}
+		out = append(out, pathAggregate{Peer: pp.name, Uplink: p.uplinkName(ref.path.Uplink), Remote: ref.path.Remote, Agg: a})
+	}
+	return out
+}

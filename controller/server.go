@@ -52,6 +52,9 @@ type Options struct {
 	// PollInterval is how often the change feed is polled for other
 	// replicas' writes; 0 means 100ms.
 	PollInterval time.Duration
+	// PathMaintenanceInterval is how often path history is rolled up and
+	// pruned; 0 means a minute.
+	PathMaintenanceInterval time.Duration
 	// ShutdownTimeout bounds the wait for in-flight requests; 0 means 10s.
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
@@ -214,12 +217,21 @@ func (s *Server) CAFingerprint() string { return s.caFinger }
 //     (without this, shutdown would wait out each long-poll);
 //  3. the HTTP server stops accepting and waits, up to ShutdownTimeout,
 //     for in-flight requests;
-//  4. the store closes.
+//  4. the path history upkeep loop (see state.RunPathMaintenance) stops;
+//  5. the store closes.
 func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("controller listening", "addr", s.ln.Addr().String(), "tls", s.opts.TLS, "engine", s.store.Engine(),
 		"ca_sha256", s.caFinger, "version", s.opts.Version)
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
+	// Path history upkeep (rollups, retention) has its own context: it
+	// stops after the HTTP server has drained, before the store closes.
+	mctx, stopMaintenance := context.WithCancel(context.Background())
+	maintained := make(chan struct{})
+	go func() {
+		defer close(maintained)
+		s.state.RunPathMaintenance(mctx, s.opts.PathMaintenanceInterval)
+	}()
 	var serveErr error
 	select {
 	case <-ctx.Done():
@@ -234,6 +246,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.log.Warn("in-flight requests cut off", "err", err)
 		s.http.Close()
 	}
+	stopMaintenance()
+	<-maintained
 	if err := s.store.Close(); err != nil {
 		s.log.Warn("closing the store", "err", err)
 	}

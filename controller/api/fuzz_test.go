@@ -123,3 +123,18 @@ func FuzzDecodeSLA(f *testing.F) {
 		checkDecodeErr(t, err)
 	})
 }
+
+func FuzzDecodePathReport(f *testing.F) {
+	f.Add([]byte(`{"points":[{"peer":"vpc-1","uplink":"wan1","remote":"198.18.0.2:51820","start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:10Z","sent":50,"received":49,"lost":1,"rtt_min_us":9000,"rtt_mean_us":10000,"rtt_p50_us":10000,"rtt_p99_us":14000,"rtt_max_us":15000,"jitter_us":800}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		rs, err := decodePathReport(data)
+		checkDecodeErr(t, err)
+		if err == nil {
+			for _, r := range rs {
+				if !r.End.After(r.Start) || !r.Remote.IsValid() || r.Peer == "" || r.Sent < 0 || r.RTTP99 < 0 {
+					t.Fatalf("accepted a malformed point %+v", r)
+				}
+			}
+		}
+	})
+}

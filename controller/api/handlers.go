@@ -50,6 +50,8 @@ func (a *API) routes() []route {
 		{pattern: "POST /api/v1/tenants/{tenant}/appliances/{appliance}/revoke", auth: authAdmin, handle: a.revokeAppliance},
 		{pattern: "GET /api/v1/tenants/{tenant}/appliances/{appliance}/netmap", auth: authAdmin, handle: a.getNetmap},
 
+		{pattern: "GET /api/v1/tenants/{tenant}/paths", auth: authAdmin, handle: a.pathHistory},
+
 		{pattern: "GET /api/v1/tenants/{tenant}/api-tokens", auth: authAdmin, handle: a.listAPITokens},
 		{pattern: "POST /api/v1/tenants/{tenant}/api-tokens", auth: authAdmin, handle: a.createAPIToken},
 		{pattern: "DELETE /api/v1/tenants/{tenant}/api-tokens/{apitoken}", auth: authAdmin, handle: a.deleteAPIToken},
@@ -59,6 +61,7 @@ func (a *API) routes() []route {
 
 		{pattern: "POST /api/v1/enroll", handle: a.enroll},
 		{pattern: "GET /api/v1/sync", auth: authDevice, raw: a.sync},
+		{pattern: "POST /api/v1/paths/report", auth: authDevice, handle: a.reportPaths},
 	}
 }
 

@@ -45,6 +45,7 @@ func TestTenantIsolation(t *testing.T) {
 		"DELETE /api/v1/api-tokens/{apitoken}": 403,
 		"POST /api/v1/enroll":                  422, // no API token involved
 		"GET /api/v1/sync":                     401, // device credential only
+		"POST /api/v1/paths/report":            401, // device credential only
 	}
 
 	checked := 0

@@ -101,11 +101,12 @@ const Usage = `Commands:
   sla-override delete TENANT SITE SITE
   probe-key list TENANT
   probe-key rotate TENANT   (first call: a new key spreads as next; a call after the grace makes it current)
+  paths TENANT --from SITE --to SITE [--since 24h] [--step 10s|1m]   (loss and latency per path)
 TENANT, SITE and APPLIANCE are ids or names.`
 
 // Run runs one command: args are the noun, the verb and their arguments.
 func Run(ctx context.Context, cfg Config, args []string) error {
-	if len(args) < 2 {
+	if len(args) == 0 || (len(args) < 2 && commands[args[0]] == nil) {
 		return usagef("want a command\n%s", Usage)
 	}
 	if cfg.Out == nil {
@@ -114,6 +115,9 @@ func Run(ctx context.Context, cfg Config, args []string) error {
 	c, err := newClient(cfg)
 	if err != nil {
 		return err
+	}
+	if cmd, ok := commands[args[0]]; ok {
+		return cmd(ctx, c, args[1:]) // a command of one word
 	}
 	noun, verb, rest := args[0], args[1], args[2:]
 	cmd, ok := commands[noun+" "+verb]
