@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"math"
 	"strconv"
 	"strings"
@@ -243,6 +244,53 @@ func TestPaths(t *testing.T) {
 		t.Logf("30 ms delay on wan1: reported p50 RTT %.2f ms -> up by %.2f ms", base*1000, added)
 		if math.Abs(added-30) > 3 {
 			t.Errorf("reported RTT up by %.2f ms, want 30 ± 3", added)
+		}
+	})
+
+	t.Run("report", func(t *testing.T) {
+		// The loss report per path, from the history the appliances
+		// shipped during the subtests above.
+		var out string
+		deadline := time.Now().Add(25 * time.Second)
+		for {
+			var err error
+			out, err = l.Ctl(ctx, "paths", l.Tenant(), "--from", "office-1", "--to", "vpc-1", "--since", "1h")
+			if err == nil && strings.Contains(out, "wan1") && strings.Contains(out, "wan2") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("ctl paths: %v\n%s", err, out)
+			}
+			time.Sleep(time.Second)
+		}
+		var rep struct {
+			Paths []struct {
+				Appliance, Peer, Uplink, Remote string
+				Summary                         struct {
+					Sent        int64   `json:"sent"`
+					Lost        int64   `json:"lost"`
+					LossPercent float64 `json:"loss_percent"`
+					RTTP50MS    float64 `json:"rtt_p50_ms"`
+				}
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("ctl paths: %v\n%s", err, out)
+		}
+		seen := map[string]bool{}
+		for _, p := range rep.Paths {
+			t.Logf("%s -> %s via %s to %s: %d probes, loss %.2f%%, RTT p50 %.2f ms",
+				p.Appliance, p.Peer, p.Uplink, p.Remote, p.Summary.Sent, p.Summary.LossPercent, p.Summary.RTTP50MS)
+			if p.Appliance != "office-1" {
+				continue
+			}
+			seen[p.Uplink] = true
+			if p.Uplink == "wan1" && (p.Summary.Lost == 0 || p.Summary.LossPercent <= 0) {
+				t.Errorf("wan1 was cut and lossy, yet its report shows no loss: %+v", p.Summary)
+			}
+		}
+		if !seen["wan1"] || !seen["wan2"] {
+			t.Errorf("report lacks office-1's paths: %v", seen)
 		}
 	})
 }
