@@ -329,11 +329,18 @@ func TestImpair(t *testing.T) {
 		mean, sd, p50, lo, hi := stats(rs)
 		t.Logf("delay 30ms jitter 5ms: %d RTTs, mean %v, median %v, sd %v (uniform: %v), min %v, max %v",
 			len(rs), mean, p50, sd, time.Duration(float64(j)/math.Sqrt(3)), lo, hi)
-		if (mean - base - d).Abs() > 3*time.Millisecond {
-			t.Errorf("RTT up by %v, want 30ms ± 3ms", mean-base)
+		// Median and interquartile range, not mean and deviation: on a busy
+		// machine a few echoes wait for a CPU, and those outliers say
+		// nothing about the stage. Uniform jitter of ±j has an IQR of j.
+		sorted := slices.Clone(rs)
+		slices.Sort(sorted)
+		iqr := sorted[len(sorted)*3/4] - sorted[len(sorted)/4]
+		t.Logf("interquartile range %v (uniform: %v)", iqr, j)
+		if (p50 - base - d).Abs() > 3*time.Millisecond {
+			t.Errorf("median RTT up by %v, want 30ms ± 3ms", p50-base)
 		}
-		if sd < 2*time.Millisecond || sd > 4*time.Millisecond {
-			t.Errorf("RTT standard deviation %v, want about %v", sd, time.Duration(float64(j)/math.Sqrt(3)))
+		if iqr < j*7/10 || iqr > j*13/10 {
+			t.Errorf("RTT interquartile range %v, want about %v", iqr, j)
 		}
 		if lo < d-j || lo > d-j+time.Millisecond {
 			t.Errorf("shortest RTT %v, want just above %v", lo, d-j)
