@@ -94,6 +94,17 @@ func (a *API) serveMetrics(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) body(c *call) ([]byte, error) { return readBody(c.r, a.maxBody) }
 
+// decodeBody reads the request body within the size limit and decodes it
+// with decode, the route's strict decoder.
+func decodeBody[T any](a *API, c *call, decode func([]byte) (T, error)) (T, error) {
+	data, err := a.body(c)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return decode(data)
+}
+
 // Tenants.
 
 func (a *API) listTenants(c *call) (any, error) {
@@ -107,11 +118,7 @@ func (a *API) createTenant(c *call) (any, error) {
 	if !c.p.IsOperator() {
 		return nil, &state.Error{Code: state.CodeForbidden, Msg: "this needs an operator token"}
 	}
-	data, err := a.body(c)
-	if err != nil {
-		return nil, err
-	}
-	name, err := decodeCreateTenant(data)
+	name, err := decodeBody(a, c, decodeCreateTenant)
 	if err != nil {
 		return nil, err
 	}
@@ -146,11 +153,7 @@ func (a *API) getSLA(c *call) (any, error) {
 }
 
 func (a *API) putSLA(c *call) (any, error) {
-	data, err := a.body(c)
-	if err != nil {
-		return nil, err
-	}
-	in, err := decodeSLA(data)
+	in, err := decodeBody(a, c, decodeSLA)
 	if err != nil {
 		return nil, err
 	}
@@ -170,11 +173,7 @@ func (a *API) listSLAOverrides(c *call) (any, error) {
 }
 
 func (a *API) putSLAOverride(c *call) (any, error) {
-	data, err := a.body(c)
-	if err != nil {
-		return nil, err
-	}
-	in, err := decodeSLA(data)
+	in, err := decodeBody(a, c, decodeSLA)
 	if err != nil {
 		return nil, err
 	}
@@ -216,11 +215,7 @@ func (a *API) listSites(c *call) (any, error) {
 }
 
 func (a *API) createSite(c *call) (any, error) {
-	data, err := a.body(c)
-	if err != nil {
-		return nil, err
-	}
-	in, err := decodeCreateSite(data)
+	in, err := decodeBody(a, c, decodeCreateSite)
 	if err != nil {
 		return nil, err
 	}
@@ -241,11 +236,7 @@ func (a *API) getSite(c *call) (any, error) {
 }
 
 func (a *API) updateSite(c *call) (any, error) {
-	data, err := a.body(c)
-	if err != nil {
-		return nil, err
-	}
-	up, err := decodeUpdateSite(data)
+	up, err := decodeBody(a, c, decodeUpdateSite)
 	if err != nil {
 		return nil, err
 	}
@@ -271,11 +262,7 @@ func (a *API) listEnrollmentTokens(c *call) (any, error) {
 }
 
 func (a *API) createEnrollmentToken(c *call) (any, error) {
-	data, err := a.body(c)
-	if err != nil {
-		return nil, err
-	}
-	in, err := decodeCreateEnrollmentToken(data)
+	in, err := decodeBody(a, c, decodeCreateEnrollmentToken)
 	if err != nil {
 		return nil, err
 	}
@@ -320,11 +307,7 @@ func (a *API) getAppliance(c *call) (any, error) {
 }
 
 func (a *API) updateAppliance(c *call) (any, error) {
-	data, err := a.body(c)
-	if err != nil {
-		return nil, err
-	}
-	up, err := decodeUpdateAppliance(data)
+	up, err := decodeBody(a, c, decodeUpdateAppliance)
 	if err != nil {
 		return nil, err
 	}
@@ -358,11 +341,7 @@ func (a *API) listAPITokens(c *call) (any, error) {
 }
 
 func (a *API) createAPIToken(c *call) (any, error) {
-	data, err := a.body(c)
-	if err != nil {
-		return nil, err
-	}
-	in, err := decodeCreateAPIToken(data)
+	in, err := decodeBody(a, c, decodeCreateAPIToken)
 	if err != nil {
 		return nil, err
 	}
