@@ -24,6 +24,7 @@ import (
 
 	"github.com/causeway-net/causeway/controller/netmap"
 	"github.com/causeway-net/causeway/dataplane/wgkey"
+	"github.com/causeway-net/causeway/internal/atomicfile"
 )
 
 // EnrollmentFile keeps the device credential inside the state directory.
@@ -61,7 +62,7 @@ func saveEnrollment(stateDir string, e *Enrollment) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(stateDir, EnrollmentFile), b, 0o600)
+	return atomicfile.Write(filepath.Join(stateDir, EnrollmentFile), b, 0o600)
 }
 
 // Client talks to the controller's appliance endpoints.

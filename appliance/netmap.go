@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/causeway-net/causeway/controller/netmap"
+	"github.com/causeway-net/causeway/internal/atomicfile"
 	"github.com/causeway-net/causeway/probes"
 )
 
@@ -79,7 +80,7 @@ func SaveNetmap(stateDir string, nm *netmap.Netmap) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(stateDir, NetmapFile), b, 0o600)
+	return atomicfile.Write(filepath.Join(stateDir, NetmapFile), b, 0o600)
 }
 
 // LoadNetmap reads the last applied netmap; it returns (nil, nil) if there
@@ -97,42 +98,4 @@ func LoadNetmap(stateDir string) (*netmap.Netmap, error) {
 		return nil, fmt.Errorf("saved netmap %s: %w", filepath.Join(stateDir, NetmapFile), err)
 	}
 	return nm, nil
-}
-
-// writeFileAtomic writes data to path through a synced temporary file in
-// the same directory and a rename.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

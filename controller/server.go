@@ -26,6 +26,7 @@ import (
 	"github.com/causeway-net/causeway/controller/api"
 	"github.com/causeway-net/causeway/controller/state"
 	"github.com/causeway-net/causeway/controller/store"
+	"github.com/causeway-net/causeway/internal/atomicfile"
 )
 
 // OperatorTokenFile is where, in the data directory, the first start
@@ -186,7 +187,7 @@ func (s *Server) bootstrap(ctx context.Context) error {
 		return err
 	}
 	path := filepath.Join(s.opts.DataDir, OperatorTokenFile)
-	if err := writeFile(path, []byte(secret+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(secret+"\n"), 0o600); err != nil {
 		return fmt.Errorf("controller: writing the bootstrap token: %w", err)
 	}
 	s.log.Warn("created the first operator API token; keep it safe and delete the file once stored elsewhere", "path", path)
