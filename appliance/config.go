@@ -37,7 +37,7 @@ const (
 )
 
 // OverlayRange is the carrier-grade NAT range every overlay address lives in.
-var OverlayRange = netip.MustParsePrefix("100.64.0.0/10")
+var OverlayRange = netmap.OverlayRange
 
 // Config is a validated appliance configuration. Build one with ParseConfig
 // or LoadConfig; a Config that did not come from there may be invalid.
@@ -438,16 +438,10 @@ func (v *validator) config(fc *fileConfig) *Config {
 		}
 		for j, s := range fp.Endpoints {
 			field := fmt.Sprintf("%s.endpoints[%d]", base, j)
-			ap, err := netip.ParseAddrPort(s)
-			switch {
-			case err != nil:
-				v.fail(field, "want IP:port (e.g. 198.18.0.1:51820 or [2001:db8::1]:51820), got %q", s)
-			case ap.Port() == 0:
-				v.fail(field, "port 0 is not a valid destination")
-			case !ap.Addr().IsGlobalUnicast() || ap.Addr().Zone() != "":
-				v.fail(field, "%s is not a unicast address", ap.Addr())
-			default:
-				p.Endpoints = append(p.Endpoints, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+			if ap, err := netmap.ParseEndpoint(s); err != nil {
+				v.fail(field, "%v", err)
+			} else {
+				p.Endpoints = append(p.Endpoints, ap)
 			}
 		}
 		for j, s := range fp.Prefixes {
@@ -548,21 +542,9 @@ func (v *validator) overlayAddr(field, s string) netip.Addr {
 }
 
 func (v *validator) lanPrefix(field, s string) (netip.Prefix, bool) {
-	p, err := netip.ParsePrefix(s)
+	p, err := netmap.ParseLANPrefix(s)
 	if err != nil {
-		v.fail(field, "want a prefix such as 10.1.0.0/24, got %q", s)
-		return netip.Prefix{}, false
-	}
-	if p.Masked() != p {
-		v.fail(field, "%s has host bits set; did you mean %s?", p, p.Masked())
-		return netip.Prefix{}, false
-	}
-	if p.Bits() == 0 {
-		v.fail(field, "a default route (%s) is not a LAN prefix", p)
-		return netip.Prefix{}, false
-	}
-	if p.Overlaps(OverlayRange) {
-		v.fail(field, "%s overlaps the overlay range %s", p, OverlayRange)
+		v.fail(field, "%v", err)
 		return netip.Prefix{}, false
 	}
 	return p, true
