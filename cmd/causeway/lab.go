@@ -168,9 +168,11 @@ func printLabUp(w io.Writer, l *lab.Lab, lf *labFlags, last string) error {
 	for _, hint := range [][2]string{
 		{"appliance list " + tn, "the enrolled appliances, as the controller sees them"},
 		{"appliance netmap " + tn + " office-1", "what the controller pushes to office-1"},
+		{"paths " + tn + " --from office-1 --to vpc-1 --since 1h", "loss and latency per path (history every 10 s)"},
 	} {
 		fmt.Fprintf(tw, "  causeway lab ctl%s %s\t# %s\n", f, hint[0], hint[1])
 	}
+	fmt.Fprintf(tw, "  causeway lab impair%s office-1/wan1 --loss 5%% --delay 30ms\t# degrade ISP 1; --down cuts it, --clear restores\n", f)
 	tw.Flush()
 	_, err := fmt.Fprintf(w, "  causeway lab status%s\n%s\n", f, last)
 	return err
