@@ -197,6 +197,17 @@ func checkSite(f *fields, site *store.Site, others []*store.Site) {
 	}
 }
 
+// validateSite checks site against the tenant's other sites (checkSite).
+func validateSite(ctx context.Context, tx *store.Tx, site *store.Site) error {
+	others, err := tx.ListSites(ctx, site.TenantID)
+	if err != nil {
+		return err
+	}
+	var f fields
+	checkSite(&f, site, others)
+	return f.err()
+}
+
 // CreateSite adds a site to a tenant.
 func (s *State) CreateSite(ctx context.Context, p *Principal, tenantRef string, in SiteInput) (*store.Site, error) {
 	site := &store.Site{ID: newID(prefixSite), Name: in.Name, Kind: in.Kind, LANPrefixes: slices.Clone(in.LANPrefixes), CreatedAt: s.now()}
@@ -206,13 +217,7 @@ func (s *State) CreateSite(ctx context.Context, p *Principal, tenantRef string, 
 			return 0, err
 		}
 		site.TenantID = t.ID
-		others, err := tx.ListSites(ctx, t.ID)
-		if err != nil {
-			return 0, err
-		}
-		var f fields
-		checkSite(&f, site, others)
-		if err := f.err(); err != nil {
+		if err := validateSite(ctx, tx, site); err != nil {
 			return 0, err
 		}
 		if err := tx.InsertSite(ctx, site); err != nil {
@@ -270,13 +275,7 @@ func (s *State) UpdateSite(ctx context.Context, p *Principal, tenantRef, siteRef
 		if up.LANPrefixes != nil {
 			site.LANPrefixes = slices.Clone(*up.LANPrefixes)
 		}
-		others, err := tx.ListSites(ctx, t.ID)
-		if err != nil {
-			return 0, err
-		}
-		var f fields
-		checkSite(&f, site, others)
-		if err := f.err(); err != nil {
+		if err := validateSite(ctx, tx, site); err != nil {
 			return 0, err
 		}
 		if err := tx.UpdateSite(ctx, site); err != nil {
