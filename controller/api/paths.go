@@ -202,7 +202,19 @@ type pathSeriesView struct {
 }
 
 type pathSummaryView struct {
-	Samples     int     `json:"samples"`
+	Samples int `json:"samples"`
+	pathFigures
+}
+
+type pathPointView struct {
+	Start *time.Time `json:"start"`
+	End   *time.Time `json:"end"`
+	pathFigures
+}
+
+// pathFigures are what a summary and a point both report; embedded, they
+// encode inline.
+type pathFigures struct {
 	Sent        int64   `json:"sent"`
 	Received    int64   `json:"received"`
 	Lost        int64   `json:"lost"`
@@ -215,19 +227,10 @@ type pathSummaryView struct {
 	JitterMS    float64 `json:"jitter_ms"`
 }
 
-type pathPointView struct {
-	Start       *time.Time `json:"start"`
-	End         *time.Time `json:"end"`
-	Sent        int64      `json:"sent"`
-	Received    int64      `json:"received"`
-	Lost        int64      `json:"lost"`
-	LossPercent float64    `json:"loss_percent"`
-	RTTMinMS    float64    `json:"rtt_min_ms"`
-	RTTMeanMS   float64    `json:"rtt_mean_ms"`
-	RTTP50MS    float64    `json:"rtt_p50_ms"`
-	RTTP99MS    float64    `json:"rtt_p99_ms"`
-	RTTMaxMS    float64    `json:"rtt_max_ms"`
-	JitterMS    float64    `json:"jitter_ms"`
+func figures(sent, received, lost int64, loss float64, rttMin, rttMean, rttP50, rttP99, rttMax, jitter time.Duration) pathFigures {
+	return pathFigures{Sent: sent, Received: received, Lost: lost, LossPercent: loss,
+		RTTMinMS: ms(rttMin), RTTMeanMS: ms(rttMean), RTTP50MS: ms(rttP50), RTTP99MS: ms(rttP99),
+		RTTMaxMS: ms(rttMax), JitterMS: ms(jitter)}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -245,14 +248,12 @@ func viewPathHistory(h *state.PathHistory) pathHistoryView {
 	for _, ps := range h.Paths {
 		s := ps.Summary
 		sv := pathSeriesView{Appliance: ps.Appliance, Peer: ps.Peer, Uplink: ps.Uplink, Remote: ps.Remote,
-			Summary: pathSummaryView{Samples: s.Samples, Sent: s.Sent, Received: s.Received, Lost: s.Lost, LossPercent: s.LossPercent,
-				RTTMinMS: ms(s.RTTMin), RTTMeanMS: ms(s.RTTMean), RTTP50MS: ms(s.RTTP50), RTTP99MS: ms(s.RTTP99),
-				RTTMaxMS: ms(s.RTTMax), JitterMS: ms(s.Jitter)},
+			Summary: pathSummaryView{Samples: s.Samples, pathFigures: figures(s.Sent, s.Received, s.Lost, s.LossPercent,
+				s.RTTMin, s.RTTMean, s.RTTP50, s.RTTP99, s.RTTMax, s.Jitter)},
 			Series: make([]pathPointView, len(ps.Points))}
 		for i, p := range ps.Points {
-			sv.Series[i] = pathPointView{Start: ts(p.Start), End: ts(p.End), Sent: p.Sent, Received: p.Received, Lost: p.Lost,
-				LossPercent: lossPercent(p.Received, p.Lost), RTTMinMS: ms(p.RTTMin), RTTMeanMS: ms(p.RTTMean),
-				RTTP50MS: ms(p.RTTP50), RTTP99MS: ms(p.RTTP99), RTTMaxMS: ms(p.RTTMax), JitterMS: ms(p.Jitter)}
+			sv.Series[i] = pathPointView{Start: ts(p.Start), End: ts(p.End), pathFigures: figures(p.Sent, p.Received, p.Lost,
+				lossPercent(p.Received, p.Lost), p.RTTMin, p.RTTMean, p.RTTP50, p.RTTP99, p.RTTMax, p.Jitter)}
 		}
 		v.Paths = append(v.Paths, sv)
 	}
