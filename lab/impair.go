@@ -105,6 +105,8 @@ const (
 	// the TUN: back to the main table) and delayRuleBase+2i+1 (to the
 	// link's subnet: into the TUN).
 	delayTUNPrefix = "dly"
+	// delayTUNQueue is the transmit queue of a delay stage's TUN.
+	delayTUNQueue = 20000
 	delayTableBase = 100
 	delayRuleBase  = 1000
 	// kindDelayStage is the process kind of a delay stage.
@@ -445,6 +447,13 @@ func (l *Lab) addDelay(ctx context.Context, k impairLink, im Impairment) error {
 		}
 	}
 	if err := h.LinkSetAlias(tun, "delay for "+k.String()); err != nil {
+		return fmt.Errorf("lab: %s: %w", k.tun(), err)
+	}
+	// The TUN's transmit queue is what the stage reads from: at the
+	// default 500 packets, a stage the scheduler holds off for a few
+	// tens of milliseconds under a fast stream would drop packets no
+	// impairment asked for.
+	if err := h.LinkSetTxQLen(tun, delayTUNQueue); err != nil {
 		return fmt.Errorf("lab: %s: %w", k.tun(), err)
 	}
 	if err := h.LinkSetUp(tun); err != nil {
