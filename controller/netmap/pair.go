@@ -166,12 +166,12 @@ func lanConflicts(own []netip.Prefix, ownSite string, ownPair *Pair, peers []Pee
 		members[p.Site] = append(prev, i)
 		switch {
 		case p.Site == ownSite:
-			if !samePrefixes(p.Prefixes, own) {
+			if !SamePrefixes(p.Prefixes, own) {
 				fail(name+".prefixes", "a pair member of the appliance's own site must announce its lan_prefixes %v, got %v", own, p.Prefixes)
 			}
 		case len(prev) == 1:
 			other := &peers[prev[0]]
-			if !samePrefixes(p.Prefixes, other.Prefixes) {
+			if !SamePrefixes(p.Prefixes, other.Prefixes) {
 				fail(name+".prefixes", "the two members of site %s must announce the same prefixes: %v here, %v at %s", p.Site, p.Prefixes, other.Prefixes, peerName(prev[0]))
 			}
 			if p.Pair.Active && other.Pair.Active {
@@ -203,9 +203,9 @@ func lanConflicts(own []netip.Prefix, ownSite string, ownPair *Pair, peers []Pee
 	return errs
 }
 
-// samePrefixes reports whether a and b hold the same prefixes, in any
-// order.
-func samePrefixes(a, b []netip.Prefix) bool {
+// SamePrefixes reports whether a and b hold the same prefixes, in any
+// order: what the two members of a pair must announce.
+func SamePrefixes(a, b []netip.Prefix) bool {
 	if len(a) != len(b) {
 		return false
 	}
