@@ -1,11 +1,14 @@
 package appliance
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/causeway-net/causeway/controller/netmap"
 	"github.com/causeway-net/causeway/dataplane"
@@ -246,5 +249,45 @@ func TestFollowerChoice(t *testing.T) {
 	last := fp.sets[len(fp.sets)-1]
 	if !slices.Contains(last[2].AllowedIPs, netip.MustParsePrefix("10.60.0.0/24")) {
 		t.Errorf("vpc-1: %v", last[2].AllowedIPs)
+	}
+}
+
+// TestClientReportPair reports both members of a pair to a real
+// controller and reads back what it derived.
+func TestClientReportPair(t *testing.T) {
+	e := startController(t)
+	e.ctl(t, "tenant", "create", "acme")
+	e.ctl(t, "site", "create", "acme", "hq", "--kind", "office", "--prefix", "10.10.0.0/24")
+	ctx := context.Background()
+	clients := map[string]*Client{}
+	for _, name := range []string{"hq-a", "hq-b"} {
+		c, _ := NewClient(ClientOptions{Controller: e.srv.URL(), CAFingerprint: e.srv.CAFingerprint()})
+		k, _ := wgkey.NewPrivate()
+		enr, nm, err := c.Enroll(ctx, EnrollRequest{Token: e.token(t, "acme", "hq"), Name: name, PublicKey: k.Public()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "hq-b" && (nm.Pair == nil || len(nm.Peers) != 1 || nm.Peers[0].Pair == nil) {
+			t.Fatalf("the second member's netmap has no pair: %+v", nm)
+		}
+		clients[name], _ = NewClient(ClientOptions{Controller: e.srv.URL(), CAFingerprint: e.srv.CAFingerprint(), Credential: enr.Credential})
+	}
+	now := time.Now().UTC()
+	res, err := clients["hq-a"].ReportPair(ctx, PairReport{Role: "active", Term: 1, Since: now.Add(-time.Minute), PartnerAlive: true})
+	if err != nil || res.Active != "hq-a" || res.Term != 1 {
+		t.Fatalf("first report: %+v, %v", res, err)
+	}
+	res, err = clients["hq-b"].ReportPair(ctx, PairReport{Role: "active", Term: 2, Since: now,
+		LastFailover: &PairFailover{At: now, From: "hq-a", To: "hq-b", Reason: "partner-down: no heartbeat"}})
+	if err != nil || res.Active != "hq-b" || res.Term != 2 {
+		t.Fatalf("failover report: %+v, %v", res, err)
+	}
+	_, err = clients["hq-b"].ReportPair(ctx, PairReport{Role: "leader", Since: now})
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Status != 422 || !ae.Permanent() {
+		t.Errorf("a bad report: %v", err)
+	}
+	if out := e.ctl(t, "pair", "status", "acme", "hq"); !strings.Contains(out, "active hq-b") || !strings.Contains(out, "hq-a -> hq-b (partner-down: no heartbeat)") {
+		t.Errorf("pair status:\n%s", out)
 	}
 }
