@@ -126,7 +126,7 @@ func TestPairAPI(t *testing.T) {
 		{map[string]any{"role": "active", "since": rfc(now)}, 422, "invalid", "term", "required"},
 		{map[string]any{"role": "active", "term": 1, "since": "yesterday"}, 422, "invalid", "since", "RFC 3339"},
 		{map[string]any{"role": "active", "term": 1, "since": rfc(now), "last_failover": map[string]any{"at": rfc(now), "to": "hq-a", "x": 1}}, 400, "bad-request", "last_failover.x", "unknown field"},
-		{map[string]any{"role": "active", "term": 1, "since": rfc(now), "last_failover": map[string]any{"at": rfc(now), "to": "br-1"}}, 422, "invalid", "last_failover.to", `no live appliance "br-1"`},
+		{map[string]any{"role": "active", "term": 1, "since": rfc(now), "last_failover": map[string]any{"at": rfc(now), "to": "br-1"}}, 422, "invalid", "last_failover.to", `no appliance "br-1"`},
 		{map[string]any{"role": "active", "term": "one", "since": rfc(now)}, 400, "bad-request", "term", "want a number"},
 	} {
 		m := problem(t, e.do("POST", "/api/v1/pair/report", credA, c.body), c.status, c.code)

@@ -133,11 +133,19 @@ func (s *State) ReportPair(ctx context.Context, d *Device, in PairReportInput) (
 		if err != nil {
 			return nil, err
 		}
+		// Failovers name the site's appliances: a live one, else the one
+		// revoked last (a member that reports the failover away from a
+		// partner since revoked). apps is by name and creation.
 		live := map[string]*store.Appliance{}
 		byName := map[string]*store.Appliance{}
 		for _, a := range apps {
-			if a.SiteID == self.SiteID && a.State != store.ApplianceRevoked {
+			if a.SiteID != self.SiteID {
+				continue
+			}
+			if a.State != store.ApplianceRevoked {
 				live[a.ID] = a
+			}
+			if prev := byName[a.Name]; prev == nil || prev.State == store.ApplianceRevoked {
 				byName[a.Name] = a
 			}
 		}
@@ -156,7 +164,7 @@ func (s *State) ReportPair(ctx context.Context, d *Device, in PairReportInput) (
 				if a := byName[side.name]; a != nil {
 					*side.id = a.ID
 				} else {
-					f.add(side.field, "no live appliance %q at this appliance's site", side.name)
+					f.add(side.field, "no appliance %q at this appliance's site", side.name)
 				}
 			}
 			if err := f.err(); err != nil {

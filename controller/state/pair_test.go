@@ -192,7 +192,7 @@ func TestPairStatusAndNetmaps(t *testing.T) {
 		}
 		_, err = s.ReportPair(ctx, devA, state.PairReportInput{Role: store.PairActive, Term: 3, Since: c.Now(),
 			LastFailover: &state.PairFailoverInput{At: c.Now(), From: "br-1", To: "hq-a"}})
-		wantCode(t, err, state.CodeInvalid, `last_failover.from: no live appliance "br-1" at this appliance's site`)
+		wantCode(t, err, state.CodeInvalid, `last_failover.from: no appliance "br-1" at this appliance's site`)
 		_, err = s.ReportPair(ctx, devA, state.PairReportInput{Role: store.PairActive, Term: 3, Since: c.Now(),
 			LastFailover: &state.PairFailoverInput{At: c.Now(), To: "hq-a", Reason: "bad\nline"}})
 		wantCode(t, err, state.CodeInvalid, "last_failover.reason: want at most 200 bytes of printable UTF-8")
@@ -240,6 +240,12 @@ func TestPairStatusAndNetmaps(t *testing.T) {
 		}
 		_, err = s.DrainAppliance(ctx, operator, "acme", "hq-b")
 		wantCode(t, err, state.CodeConflict, `appliance "hq-b" is revoked`)
+		// A failover away from the revoked member still names it.
+		res = must[*state.PairReportResult](t)(s.ReportPair(ctx, devA, state.PairReportInput{Role: store.PairActive, Term: 5, Since: c.Now(),
+			LastFailover: &state.PairFailoverInput{At: c.Now(), From: "hq-b", To: "hq-a", Reason: "partner-down"}}))
+		if res.Active != "hq-a" || res.Term != 5 {
+			t.Errorf("report after the revocation: %+v", res)
+		}
 
 		// Failovers are kept 30 days.
 		c.Add(state.FailoverRetention + time.Hour)
