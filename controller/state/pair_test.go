@@ -257,3 +257,53 @@ func TestPairStatusAndNetmaps(t *testing.T) {
 		}
 	})
 }
+
+// TestPairAcrossReplicas: a report made through one replica reaches a sync
+// waiting on another within a second, with the new active member.
+func TestPairAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	storetest.Engines(t, func(t *testing.T, dsn string) {
+		t.Parallel()
+		r1, r2 := newState(t, dsn, nil), newState(t, dsn, nil)
+		must[*store.Tenant](t)(r1.CreateTenant(ctx, operator, "acme"))
+		must[*store.Site](t)(r1.CreateSite(ctx, operator, "acme", state.SiteInput{Name: "hq", Kind: store.SiteOffice, LANPrefixes: pfx("10.1.0.0/24")}))
+		must[*store.Site](t)(r1.CreateSite(ctx, operator, "acme", state.SiteInput{Name: "br", Kind: store.SiteOffice, LANPrefixes: pfx("10.2.0.0/24")}))
+		enroll(t, r1, "acme", "hq", "hq-a")
+		b := enroll(t, r1, "acme", "hq", "hq-b")
+		br := enroll(t, r1, "acme", "br", "br-1")
+		devB := must[*state.Device](t)(r1.AuthenticateDevice(ctx, b.Credential))
+		devBr := must[*state.Device](t)(r2.AuthenticateDevice(ctx, br.Credential))
+		held := must[*netmap.Netmap](t)(r2.Sync(ctx, devBr, 0))
+		got := make(chan *netmap.Netmap, 1)
+		go func() {
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			m, err := r2.Sync(wctx, devBr, held.Version)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- m
+		}()
+		waitFor(t, func() bool { return r2.Hub().IsConnected(devBr.ApplianceID) })
+		start := time.Now()
+		must[*state.PairReportResult](t)(r1.ReportPair(ctx, devB, state.PairReportInput{Role: store.PairActive, Term: 3, Since: time.Now()}))
+		m := <-got
+		if lag := time.Since(start); lag > time.Second {
+			t.Errorf("the report took %s to reach the other replica", lag)
+		}
+		if m == nil {
+			t.FailNow()
+		}
+		for _, p := range m.Peers {
+			if want := p.Name == "hq-b"; p.Pair == nil || p.Pair.Active != want || p.Pair.Term != 3 {
+				t.Errorf("br-1 on r2 sees %s with %+v", p.Name, p.Pair)
+			}
+		}
+		if v := must[*state.PairView](t)(r2.PairStatus(ctx, operator, "acme", "hq")); v.ActiveName != "hq-b" {
+			t.Errorf("pair status on r2: %+v", v)
+		}
+		if n := r2.PairMemberCounts(); n["active"] != 1 || n["standby"] != 1 {
+			t.Errorf("member counts on r2: %v", n)
+		}
+	})
+}
