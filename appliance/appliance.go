@@ -36,6 +36,9 @@ type Appliance struct {
 	// paths probes the paths of the multipath bind and picks each peer's
 	// active one; nil without uplinks (the standard bind).
 	paths *prober
+	// follow puts each remote pair's prefixes on one of its members and
+	// configures the device's peers (follow.go).
+	follow *follower
 
 	mu  sync.Mutex // guards cfg
 	cfg *Config
@@ -53,7 +56,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Appliance{log: log, cfg: cfg}
+	a := &Appliance{log: log, cfg: cfg, follow: newFollower(log)}
 	defer func() {
 		if err != nil {
 			if uerr := a.runUndo(); uerr != nil {
@@ -99,7 +102,8 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 	if len(uplinks) > 0 {
 		// The prober answers probes as soon as the bind receives any; it
 		// sends its own once it has the bind (start, below).
-		a.paths = newProber(proberOptions{Uplinks: names, Probe: probes.Options{Interval: cfg.ProbeInterval}, Logger: log})
+		a.paths = newProber(proberOptions{Uplinks: names, Probe: probes.Options{Interval: cfg.ProbeInterval}, Logger: log,
+			OnChange: a.follow.poke})
 		if err := a.paths.setKeys(cfg); err != nil {
 			return nil, err
 		}
@@ -110,7 +114,8 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 		return nil, err
 	}
 	a.undo = append(a.undo, a.dev.Close)
-	if err := a.dev.SetPeers(devicePeers(cfg)); err != nil {
+	a.follow.bind(a.dev, a.paths)
+	if err := a.follow.apply(cfg); err != nil {
 		return nil, err
 	}
 	switch {
@@ -185,7 +190,7 @@ func (a *Appliance) Apply(cfg *Config) error {
 	if len(errs) > 0 {
 		return &ConfigError{Errs: errs}
 	}
-	if err := a.dev.SetPeers(devicePeers(cfg)); err != nil {
+	if err := a.follow.apply(cfg); err != nil {
 		return err
 	}
 	if a.paths != nil {
@@ -225,10 +230,16 @@ func (a *Appliance) runUndo() error {
 	return errors.Join(errs...)
 }
 
-func devicePeers(cfg *Config) []dataplane.Peer {
+// devicePeers is the dataplane's view of cfg's peers. The pair members in
+// standby get their overlay address only: their pair's prefixes go to the
+// other member.
+func devicePeers(cfg *Config, standby map[wgkey.PublicKey]bool) []dataplane.Peer {
 	out := make([]dataplane.Peer, 0, len(cfg.Peers))
 	for _, p := range cfg.Peers {
 		dp := dataplane.Peer{PublicKey: p.PublicKey, AllowedIPs: p.AllowedPrefixes(), Keepalive: p.Keepalive}
+		if standby[p.PublicKey] {
+			dp.AllowedIPs = dp.AllowedIPs[:1]
+		}
 		if len(p.Endpoints) > 0 {
 			dp.Endpoint = p.Endpoints[0]
 			dp.Alternates = p.Endpoints[1:]

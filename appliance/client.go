@@ -318,24 +318,6 @@ type ReportResult struct {
 // same points again is harmless: the controller stores each once.
 func (c *Client) ReportPaths(ctx context.Context, pts []PathPoint) (ReportResult, error) {
 	var res ReportResult
-	b, err := json.Marshal(map[string]any{"points": pts})
-	if err != nil {
-		return res, err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base.JoinPath("/api/v1/paths/report").String(), bytes.NewReader(b))
-	if err != nil {
-		return res, err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.cred)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return res, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return res, apiError(resp)
-	}
-	err = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&res)
+	err := c.postJSON(ctx, "/api/v1/paths/report", map[string]any{"points": pts}, &res)
 	return res, err
 }

@@ -218,12 +218,16 @@ func (h *headerSpy) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestClientAppliesDeltas(t *testing.T) {
 	e := startController(t)
 	e.ctl(t, "tenant", "create", "acme")
-	e.ctl(t, "site", "create", "acme", "office-1", "--kind", "office", "--prefix", "10.10.0.0/24")
 	ctx := context.Background()
+	// One site each: a site holds at most two appliances.
+	sites := 0
 	enroll := func() (*Enrollment, *netmap.Netmap) {
+		sites++
+		site := "office-" + strconv.Itoa(sites)
+		e.ctl(t, "site", "create", "acme", site, "--kind", "office", "--prefix", "10.10."+strconv.Itoa(sites)+".0/24")
 		k, _ := wgkey.NewPrivate()
 		c, _ := NewClient(ClientOptions{Controller: e.srv.URL(), CAFingerprint: e.srv.CAFingerprint()})
-		enr, nm, err := c.Enroll(ctx, EnrollRequest{Token: e.token(t, "acme", "office-1"), PublicKey: k.Public()})
+		enr, nm, err := c.Enroll(ctx, EnrollRequest{Token: e.token(t, "acme", site), PublicKey: k.Public()})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -70,6 +70,9 @@ type Config struct {
 	// SLA is what every path should meet (the zero SLA sets no limits);
 	// PeerConfig.SLA overrides it for one peer.
 	SLA probes.SLA
+	// Pair is this appliance's place in its site's pair; nil when the
+	// site has one appliance (see follow.go).
+	Pair *PairSelf
 }
 
 // Uplink is one WAN attachment.
@@ -95,6 +98,10 @@ type PeerConfig struct {
 	// SLA, if not nil, replaces Config.SLA for the paths to this peer (a
 	// site pair with its own service level).
 	SLA *probes.SLA
+	// Pair marks the peer as one of the two appliances of a site; the
+	// two announce the same prefixes, which go to one of them (see
+	// follow.go).
+	Pair *PairMember
 }
 
 // PathSLA is the SLA the paths to p must meet under c.
@@ -131,6 +138,7 @@ type fileConfig struct {
 	ProbeAcceptedKeys []fileProbeKey `json:"probe_accepted_keys,omitempty"`
 	ProbeInterval     string         `json:"probe_interval,omitempty"`
 	SLA               *fileSLA       `json:"sla,omitempty"`
+	Pair              *filePairSelf  `json:"pair,omitempty"`
 }
 
 // fileProbeKey is a probe key: its id and its 32-byte secret in base64.
@@ -153,13 +161,14 @@ type fileUplink struct {
 }
 
 type filePeer struct {
-	Name        string   `json:"name"`
-	PublicKey   string   `json:"public_key"`
-	OverlayAddr string   `json:"overlay_addr"`
-	Endpoints   []string `json:"endpoints"`
-	Prefixes    []string `json:"prefixes"`
-	Keepalive   string   `json:"keepalive"`
-	SLA         *fileSLA `json:"sla,omitempty"`
+	Name        string          `json:"name"`
+	PublicKey   string          `json:"public_key"`
+	OverlayAddr string          `json:"overlay_addr"`
+	Endpoints   []string        `json:"endpoints"`
+	Prefixes    []string        `json:"prefixes"`
+	Keepalive   string          `json:"keepalive"`
+	SLA         *fileSLA        `json:"sla,omitempty"`
+	Pair        *filePairMember `json:"pair,omitempty"`
 }
 
 // FieldError is one problem with one field of a config file: the same type
@@ -377,6 +386,7 @@ func (v *validator) config(fc *fileConfig) *Config {
 	if fc.SLA != nil {
 		c.SLA = v.sla("sla", fc.SLA)
 	}
+	c.Pair = v.pairSelf(fc.Pair)
 
 	// Every prefix the config mentions, to reject overlaps across sites.
 	type owner struct {
@@ -402,6 +412,7 @@ func (v *validator) config(fc *fileConfig) *Config {
 	}
 
 	names := map[string]string{}
+	pairs := pairGroups{}
 	keys := map[wgkey.PublicKey]string{}
 	addrs := map[netip.Addr]string{}
 	if c.OverlayAddr.IsValid() {
@@ -447,8 +458,14 @@ func (v *validator) config(fc *fileConfig) *Config {
 		for j, s := range fp.Prefixes {
 			field := fmt.Sprintf("%s.prefixes[%d]", base, j)
 			if pfx, ok := v.lanPrefix(field, s); ok {
-				claim(field, pfx)
 				p.Prefixes = append(p.Prefixes, pfx)
+			}
+		}
+		p.Pair = v.pairMember(base, fp.Pair)
+		// The second member of a pair announces what the first claimed.
+		if !v.samePairPrefixes(pairs, base, &p) {
+			for j, pfx := range p.Prefixes {
+				claim(fmt.Sprintf("%s.prefixes[%d]", base, j), pfx)
 			}
 		}
 		if fp.Keepalive != "" {
@@ -581,6 +598,9 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 	if c.SLA != (probes.SLA{}) {
 		fc.SLA = marshalSLA(c.SLA)
 	}
+	if c.Pair != nil {
+		fc.Pair = &filePairSelf{Priority: c.Pair.Priority, Drained: c.Pair.Drained}
+	}
 	for _, p := range c.LANPrefixes {
 		fc.LANPrefixes = append(fc.LANPrefixes, p.String())
 	}
@@ -597,6 +617,9 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 		}
 		if p.SLA != nil {
 			fp.SLA = marshalSLA(*p.SLA)
+		}
+		if m := p.Pair; m != nil {
+			fp.Pair = &filePairMember{Site: m.Site, Priority: m.Priority, Active: m.Active, Term: m.Term}
 		}
 		fc.Peers = append(fc.Peers, fp)
 	}

@@ -16,7 +16,7 @@ import (
 func (a *Appliance) handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(&peerCollector{a: a})
+	reg.MustRegister(&peerCollector{a: a}, &followCollector{f: a.follow})
 	if a.paths != nil {
 		reg.MustRegister(&pathCollector{p: a.paths})
 	}

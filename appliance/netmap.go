@@ -51,10 +51,21 @@ func ConfigFromNetmap(l Local, nm *netmap.Netmap) (*Config, error) {
 		c.ProbeAccepted = nm.Probes.Keys[1:]
 		c.ProbeInterval = nm.Probes.Interval
 	}
+	if nm.Pair != nil {
+		c.Pair = &PairSelf{Priority: nm.Pair.Priority, Drained: nm.Pair.Drained}
+	}
 	for _, p := range nm.Peers {
 		pc := PeerConfig{
 			Name: p.Name, PublicKey: p.PublicKey, OverlayAddr: p.OverlayAddr,
 			Endpoints: p.Endpoints, Prefixes: p.Prefixes, Keepalive: p.Keepalive,
+		}
+		if p.Pair != nil {
+			pc.Pair = &PairMember{Site: p.Site, Priority: p.Pair.Priority, Active: p.Pair.Active, Term: p.Pair.Term}
+		}
+		if p.Pair != nil && p.Site == nm.Site {
+			// The partner of a pair announces this site's own LAN, which
+			// is on the LAN, not behind the tunnel.
+			pc.Prefixes = nil
 		}
 		if p.SLA != (probes.SLA{}) {
 			sla := p.SLA

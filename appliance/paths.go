@@ -139,6 +139,9 @@ type proberOptions struct {
 	// the peer's.
 	Selector probes.SelectorOptions
 	Logger   *slog.Logger
+	// OnChange, if set, is called from the probe loop, holding nothing,
+	// after paths changed state and after a sync (the pair follower).
+	OnChange func()
 }
 
 // prober probes the paths of every peer and chooses their active paths.
@@ -308,6 +311,10 @@ func (p *prober) sync(cfg *Config) error {
 				}
 			}
 		}
+		select {
+		case p.wake <- struct{}{}: // OnChange: nothing is probed now
+		default:
+		}
 		return nil
 	}
 	if p.mp == nil {
@@ -391,18 +398,22 @@ func (p *prober) run(ctx context.Context) {
 	buf := make([]byte, 0, probes.Size)
 	var sends []probeSend
 	for {
+		woke := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-p.wake:
+			woke = true
 		}
 		now := time.Now()
 		p.mu.Lock()
 		on := p.on
 		p.mu.Unlock()
+		changed := false
 		if on {
 			reqs, changes := p.tr.Poll(now)
+			changed = len(changes) > 0
 			sends = p.resolve(reqs, sends[:0])
 			for _, s := range sends {
 				b, err := probes.Marshal(buf[:0], s.pkt, p.keys)
@@ -414,6 +425,9 @@ func (p *prober) run(ctx context.Context) {
 			}
 			p.logTransitions(changes)
 			p.selectPaths(now)
+		}
+		if (changed || woke) && p.opts.OnChange != nil {
+			p.opts.OnChange()
 		}
 		wait := idleWait
 		if next, ok := p.tr.Next(); ok && on {

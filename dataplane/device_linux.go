@@ -271,6 +271,26 @@ func (d *Device) Stats() ([]PeerStats, error) {
 	return stats, nil
 }
 
+// Rehandshake starts a new session with a peer at once: its current keys
+// stop being used to send and a handshake initiation goes out (unless one
+// went out in the last 5 s). For a peer that may have restarted and lost
+// its keys while this side still holds a session: traffic sent with the
+// old keys would go unanswered until WireGuard's own rekey, up to 15 s.
+// Packets sent meanwhile wait for the new session.
+func (d *Device) Rehandshake(key wgkey.PublicKey) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("dataplane: device closed")
+	}
+	p := d.wg.LookupPeer(device.NoisePublicKey(key.Raw()))
+	if p == nil {
+		return fmt.Errorf("dataplane: no peer %s", key)
+	}
+	p.ExpireCurrentKeypairs()
+	return p.SendHandshakeInitiation(false)
+}
+
 // Offloads reports whether the TUN runs with segmentation offloads (TSO/
 // GRO through virtio headers), which lets it move many packets per call.
 func (d *Device) Offloads() bool { return d.tun.BatchSize() > 1 }

@@ -85,6 +85,9 @@ func New(opts Options) *API {
 		opts.MaxFailures, opts.FailWindow = DefaultMaxFailures, DefaultFailWindow
 	}
 	a.limiter = newFailLimiter(opts.MaxFailures, opts.FailWindow, now)
+	if a.metrics != nil && a.state != nil {
+		a.metrics.watchPairs(a.state)
+	}
 	for _, rt := range a.routes() {
 		a.mux.Handle(rt.pattern, a.wrap(rt))
 	}

@@ -51,6 +51,7 @@ type enrollRequest struct {
 
 type updateApplianceRequest struct {
 	Endpoints *[]string `json:"endpoints"`
+	Priority  *int      `json:"priority"`
 }
 
 // slaRequest is the body of PUT …/sla and PUT …/sla-overrides/…: every
@@ -91,7 +92,13 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 
 // decodeJSON is the strict decoder every request body goes through.
 func decodeJSON(data []byte, v any) error {
-	if err := netmap.DecodeStrict(data, v, ""); err != nil {
+	return decodeJSONAt(data, v, "")
+}
+
+// decodeJSONAt is decodeJSON for a value at path prefix of the body, so
+// that its errors name their field in full.
+func decodeJSONAt(data []byte, v any, prefix string) error {
+	if err := netmap.DecodeStrict(data, v, prefix); err != nil {
 		p := newProblem(codeBadRequest, err.Error())
 		var fe *netmap.FieldError
 		if errors.As(err, &fe) {
@@ -224,7 +231,7 @@ func decodeUpdateAppliance(data []byte) (state.ApplianceUpdate, error) {
 		return state.ApplianceUpdate{}, err
 	}
 	var f fieldErrs
-	var up state.ApplianceUpdate
+	up := state.ApplianceUpdate{Priority: req.Priority}
 	if req.Endpoints != nil {
 		eps := parseEndpoints(&f, "endpoints", *req.Endpoints)
 		up.Endpoints = &eps

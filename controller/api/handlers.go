@@ -38,6 +38,7 @@ func (a *API) routes() []route {
 		{pattern: "GET /api/v1/tenants/{tenant}/sites/{site}", auth: authAdmin, handle: a.getSite},
 		{pattern: "PATCH /api/v1/tenants/{tenant}/sites/{site}", auth: authAdmin, handle: a.updateSite},
 		{pattern: "DELETE /api/v1/tenants/{tenant}/sites/{site}", auth: authAdmin, handle: a.deleteSite},
+		{pattern: "GET /api/v1/tenants/{tenant}/sites/{site}/pair", auth: authAdmin, handle: a.pairStatus},
 
 		{pattern: "GET /api/v1/tenants/{tenant}/enrollment-tokens", auth: authAdmin, handle: a.listEnrollmentTokens},
 		{pattern: "POST /api/v1/tenants/{tenant}/enrollment-tokens", auth: authAdmin, handle: a.createEnrollmentToken},
@@ -48,6 +49,8 @@ func (a *API) routes() []route {
 		{pattern: "GET /api/v1/tenants/{tenant}/appliances/{appliance}", auth: authAdmin, handle: a.getAppliance},
 		{pattern: "PATCH /api/v1/tenants/{tenant}/appliances/{appliance}", auth: authAdmin, handle: a.updateAppliance},
 		{pattern: "POST /api/v1/tenants/{tenant}/appliances/{appliance}/revoke", auth: authAdmin, handle: a.revokeAppliance},
+		{pattern: "POST /api/v1/tenants/{tenant}/appliances/{appliance}/drain", auth: authAdmin, handle: a.drainAppliance},
+		{pattern: "POST /api/v1/tenants/{tenant}/appliances/{appliance}/undrain", auth: authAdmin, handle: a.undrainAppliance},
 		{pattern: "GET /api/v1/tenants/{tenant}/appliances/{appliance}/netmap", auth: authAdmin, handle: a.getNetmap},
 
 		{pattern: "GET /api/v1/tenants/{tenant}/paths", auth: authAdmin, handle: a.pathHistory},
@@ -62,6 +65,7 @@ func (a *API) routes() []route {
 		{pattern: "POST /api/v1/enroll", handle: a.enroll},
 		{pattern: "GET /api/v1/sync", auth: authDevice, raw: a.sync},
 		{pattern: "POST /api/v1/paths/report", auth: authDevice, handle: a.reportPaths},
+		{pattern: "POST /api/v1/pair/report", auth: authDevice, handle: a.reportPair},
 	}
 }
 

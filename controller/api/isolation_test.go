@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestTenantIsolation walks every route with a tenant-admin token of tenant
@@ -14,7 +15,7 @@ func TestTenantIsolation(t *testing.T) {
 	e := newEnv(t, Options{})
 	_, _, tokA := e.setupTenant("acme", "10.1.0.0/24")
 	bID, bSite, tokB := e.setupTenant("globex", "10.1.0.0/24")
-	e.enroll(tokA, "a-1")
+	_, credA, _ := e.enroll(tokA, "a-1")
 	bApp, _, _ := e.enroll(tokB, "b-1")
 	bET := e.must(201, "POST", "/api/v1/tenants/globex/enrollment-tokens", e.op, map[string]any{"site": "hq"})["id"].(string)
 	bAT := e.must(201, "POST", "/api/v1/tenants/globex/api-tokens", e.op, nil)["id"].(string)
@@ -28,7 +29,7 @@ func TestTenantIsolation(t *testing.T) {
 		"POST /api/v1/tenants/{tenant}/sites":                        map[string]any{"name": "x", "kind": "home"},
 		"PATCH /api/v1/tenants/{tenant}/sites/{site}":                map[string]any{"kind": "home"},
 		"POST /api/v1/tenants/{tenant}/enrollment-tokens":            map[string]any{"site": "hq"},
-		"PATCH /api/v1/tenants/{tenant}/appliances/{appliance}":      map[string]any{"endpoints": []string{}},
+		"PATCH /api/v1/tenants/{tenant}/appliances/{appliance}":      map[string]any{"endpoints": []string{}, "priority": 120},
 		"PUT /api/v1/tenants/{tenant}/sla":                           sla,
 		"PUT /api/v1/tenants/{tenant}/sla-overrides/{siteA}/{siteB}": sla,
 	}
@@ -46,6 +47,7 @@ func TestTenantIsolation(t *testing.T) {
 		"POST /api/v1/enroll":                  422, // no API token involved
 		"GET /api/v1/sync":                     401, // device credential only
 		"POST /api/v1/paths/report":            401, // device credential only
+		"POST /api/v1/pair/report":             401, // device credential only
 	}
 
 	checked := 0
@@ -117,5 +119,25 @@ func TestTenantIsolation(t *testing.T) {
 	}
 	if m := e.must(200, "GET", "/api/v1/tenants/globex/probe-key", e.op, nil); len(m["items"].([]any)) != 1 {
 		t.Errorf("B's probe keys changed: %v", m)
+	}
+	if m := e.must(200, "GET", "/api/v1/tenants/globex/appliances/b-1", e.op, nil); m["priority"] != 100.0 || m["drained"] != false {
+		t.Errorf("B's appliance's pair settings changed: %v", m)
+	}
+
+	// A device reports for its own site only: naming another tenant's
+	// appliance in a failover is refused, and B's pair stays untouched.
+	now := e.clock.now().UTC().Format(time.RFC3339)
+	r := e.do("POST", "/api/v1/pair/report", credA, map[string]any{"role": "active", "term": 9, "since": now,
+		"last_failover": map[string]any{"at": now, "from": "b-1", "to": "a-1"}})
+	problem(t, r, 422, "invalid")
+	if !strings.Contains(string(r.body), `"field":"last_failover.from"`) {
+		t.Errorf("a failover naming B's appliance: %s", r.body)
+	}
+	e.must(200, "POST", "/api/v1/pair/report", credA, map[string]any{"role": "active", "term": 9, "since": now})
+	if m := e.must(200, "GET", "/api/v1/tenants/globex/sites/hq/pair", e.op, nil); m["active"] != nil || len(m["failovers"].([]any)) != 0 {
+		t.Errorf("B's pair changed by A's report: %v", m)
+	}
+	if m := e.must(200, "GET", "/api/v1/tenants/acme/sites/hq/pair", e.op, nil); m["active_name"] != "a-1" {
+		t.Errorf("A's pair after its report: %v", m)
 	}
 }

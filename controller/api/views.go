@@ -71,12 +71,17 @@ type applianceView struct {
 	CreatedAt     *time.Time `json:"created_at"`
 	LastSeenAt    *time.Time `json:"last_seen_at,omitempty"`
 	RevokedAt     *time.Time `json:"revoked_at,omitempty"`
+	// Priority and Drained are the appliance's place in its site's pair.
+	Priority  int        `json:"priority"`
+	Drained   bool       `json:"drained"`
+	DrainedAt *time.Time `json:"drained_at,omitempty"`
 }
 
 func viewAppliance(a *state.ApplianceInfo) applianceView {
 	v := applianceView{ID: a.ID, TenantID: a.TenantID, SiteID: a.SiteID, Name: a.Name, PublicKey: a.PublicKey.String(),
 		OverlayAddr: a.OverlayAddr.String(), Endpoints: []string{}, State: string(a.State), Connected: a.Connected,
-		NetmapVersion: a.NetmapVersion, CreatedAt: ts(a.CreatedAt), LastSeenAt: ts(a.LastSeenAt), RevokedAt: ts(a.RevokedAt)}
+		NetmapVersion: a.NetmapVersion, CreatedAt: ts(a.CreatedAt), LastSeenAt: ts(a.LastSeenAt), RevokedAt: ts(a.RevokedAt),
+		Priority: a.Priority, Drained: !a.DrainedAt.IsZero(), DrainedAt: ts(a.DrainedAt)}
 	for _, e := range a.Endpoints {
 		v.Endpoints = append(v.Endpoints, e.String())
 	}

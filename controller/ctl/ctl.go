@@ -102,10 +102,22 @@ const Usage = `Commands:
   probe-key list TENANT
   probe-key rotate TENANT   (first call: a new key spreads as next; a call after the grace makes it current)
   paths TENANT --from SITE --to SITE [--since 24h] [--step 10s|1m]   (loss and latency per path)
+  pair status TENANT SITE   (members, active member, term, failovers; pair --help for more)
+  pair drain TENANT APPLIANCE
+  pair undrain TENANT APPLIANCE
+  pair priority TENANT APPLIANCE N   (0-255, higher preferred)
 TENANT, SITE and APPLIANCE are ids or names.`
 
 // Run runs one command: args are the noun, the verb and their arguments.
 func Run(ctx context.Context, cfg Config, args []string) error {
+	if help, ok := helpFor(args); ok {
+		out := cfg.Out
+		if out == nil {
+			out = os.Stdout
+		}
+		_, err := io.WriteString(out, help)
+		return err
+	}
 	if len(args) == 0 || (len(args) < 2 && commands[args[0]] == nil) {
 		return usagef("want a command\n%s", Usage)
 	}

@@ -34,6 +34,8 @@ type Delta struct {
 	LANPrefixes []netip.Prefix
 	// Probes are the resulting netmap's probe settings, in full.
 	Probes Probes
+	// Pair is the resulting netmap's own pair part.
+	Pair *Pair
 	// Peers are the peers added or changed since Base, sorted by name.
 	Peers []Peer
 	// Removed are the names of the peers gone since Base, sorted.
@@ -43,7 +45,7 @@ type Delta struct {
 // head is the delta's own part as a Netmap, with Peers set to its peers.
 func (d *Delta) head() *Netmap {
 	return &Netmap{Version: d.Version, RequestID: d.RequestID, Tenant: d.Tenant, Appliance: d.Appliance,
-		Site: d.Site, Name: d.Name, OverlayAddr: d.OverlayAddr, LANPrefixes: d.LANPrefixes, Probes: d.Probes, Peers: d.Peers}
+		Site: d.Site, Name: d.Name, OverlayAddr: d.OverlayAddr, LANPrefixes: d.LANPrefixes, Probes: d.Probes, Pair: d.Pair, Peers: d.Peers}
 }
 
 // MarshalJSON encodes the delta in the form DecodeDelta reads.
@@ -99,6 +101,7 @@ func DecodeDelta(data []byte) (*Delta, error) {
 		}
 		v := &validator{}
 		decodeProbesRaw(v, in.Probes)
+		decodeRaw[wirePair](v, in.Pair, "pair")
 		decodePeersRaw(v, in.Peers)
 		if len(v.errs) == 0 {
 			v.errs = append(v.errs, err)
@@ -133,8 +136,8 @@ func DecodeDelta(data []byte) (*Delta, error) {
 		return nil, &DecodeError{v.errs}
 	}
 	return &Delta{Version: n.Version, Base: w.Base, RequestID: n.RequestID, Tenant: n.Tenant, Appliance: n.Appliance,
-		Site: n.Site, Name: n.Name, OverlayAddr: n.OverlayAddr, LANPrefixes: n.LANPrefixes, Probes: n.Probes, Peers: n.Peers,
-		Removed: w.Removed}, nil
+		Site: n.Site, Name: n.Name, OverlayAddr: n.OverlayAddr, LANPrefixes: n.LANPrefixes, Probes: n.Probes, Pair: n.Pair,
+		Peers: n.Peers, Removed: w.Removed}, nil
 }
 
 // Apply returns the netmap d makes of n, which must be the netmap of the
@@ -176,6 +179,9 @@ func (n *Netmap) Apply(d *Delta) (*Netmap, error) {
 			return nil, fmt.Errorf("netmap delta: peer %s would have the overlay address of %s", p.Name, prev)
 		}
 		addrs[p.OverlayAddr] = p.Name
+	}
+	if errs := lanConflicts(m.LANPrefixes, m.Site, m.Pair, m.Peers, func(i int) string { return "peer " + m.Peers[i].Name }); len(errs) > 0 {
+		return nil, fmt.Errorf("netmap delta: %w", errs[0])
 	}
 	return m, nil
 }

@@ -268,6 +268,7 @@ func (n *Netmap) appendHeadBase(dst []byte, base uint64) []byte {
 	dst = appendField(dst, ',', "overlay_addr", n.OverlayAddr.String())
 	dst = appendList(dst, ',', "lan_prefixes", n.LANPrefixes)
 	dst = appendProbes(dst, &n.Probes)
+	dst = appendOwnPair(dst, n.Pair)
 	return append(dst, `,"peers":[`...)
 }
 
@@ -299,6 +300,7 @@ func appendPeerHead(dst []byte, p *Peer) []byte {
 	dst = appendField(dst, ',', "overlay_addr", p.OverlayAddr.String())
 	dst = appendList(dst, ',', "endpoints", p.Endpoints)
 	dst = appendList(dst, ',', "prefixes", p.Prefixes)
+	dst = appendPeerPair(dst, p.Pair)
 	return append(dst, `,"keepalive_seconds":`...)
 }
 

@@ -29,10 +29,16 @@ func reference(n *Netmap) []byte {
 			Name: p.Name, Site: p.Site, PublicKey: p.PublicKey.String(), OverlayAddr: p.OverlayAddr.String(),
 			Endpoints: refStrs(p.Endpoints), Prefixes: refStrs(p.Prefixes), Keepalive: int64(p.Keepalive / time.Second),
 		}
+		if pp := p.Pair; pp != nil {
+			w.Peers[i].Pair = &wirePeerPair{Priority: pp.Priority, Active: pp.Active, Term: pp.Term}
+		}
 		if p.SLA != (probes.SLA{}) {
 			w.Peers[i].SLA = &wireSLA{MaxLossPercent: p.SLA.MaxLossPercent, MaxRTTMS: p.SLA.MaxRTT.Milliseconds(),
 				MaxJitterMS: p.SLA.MaxJitter.Milliseconds()}
 		}
+	}
+	if n.Pair != nil {
+		w.Pair = &wirePair{Priority: n.Pair.Priority, Drained: n.Pair.Drained}
 	}
 	if !n.Probes.IsZero() {
 		w.Probes = &wireProbes{IntervalMS: n.Probes.Interval.Milliseconds()}

@@ -54,6 +54,9 @@ type Netmap struct {
 	// Probes are the tenant's probe keys and the probe interval; zero when
 	// the controller distributes none.
 	Probes Probes
+	// Pair is the appliance's place in its site's pair; nil unless the
+	// site has two appliances (see pair.go).
+	Pair *Pair
 	// Peers are the other appliances of the tenant, sorted by name. A
 	// netmap made by Shared leaves it nil: see Full.
 	Peers []Peer
@@ -72,6 +75,8 @@ type Peer struct {
 	Endpoints []netip.AddrPort
 	// Prefixes are the LAN prefixes the peer announces.
 	Prefixes []netip.Prefix
+	// Pair is set when the peer is one of the two appliances of its site.
+	Pair *PeerPair
 	// Keepalive is the persistent keepalive toward this peer; 0 disables it.
 	Keepalive time.Duration
 	// SLA is what the paths toward this peer must meet (probes.Selector):
@@ -92,8 +97,8 @@ func (p *Peer) AllowedPrefixes() []netip.Prefix {
 // Equal reports whether two peers are the same.
 func (p *Peer) Equal(q *Peer) bool {
 	return p.Name == q.Name && p.Site == q.Site && p.PublicKey == q.PublicKey && p.OverlayAddr == q.OverlayAddr &&
-		slices.Equal(p.Endpoints, q.Endpoints) && slices.Equal(p.Prefixes, q.Prefixes) && p.Keepalive == q.Keepalive &&
-		p.SLA == q.SLA
+		slices.Equal(p.Endpoints, q.Endpoints) && slices.Equal(p.Prefixes, q.Prefixes) && equalPtr(p.Pair, q.Pair) &&
+		p.Keepalive == q.Keepalive && p.SLA == q.SLA
 }
 
 // SameContent reports whether two netmaps configure the same thing,
@@ -101,7 +106,7 @@ func (p *Peer) Equal(q *Peer) bool {
 func (n *Netmap) SameContent(m *Netmap) bool {
 	if n.Tenant != m.Tenant || n.Appliance != m.Appliance || n.Site != m.Site || n.Name != m.Name ||
 		n.OverlayAddr != m.OverlayAddr || !slices.Equal(n.LANPrefixes, m.LANPrefixes) || !n.Probes.Equal(&m.Probes) ||
-		n.NumPeers() != m.NumPeers() {
+		!equalPtr(n.Pair, m.Pair) || n.NumPeers() != m.NumPeers() {
 		return false
 	}
 	if n.shared != nil && m.shared != nil && *n.shared == *m.shared {
@@ -128,18 +133,20 @@ type wire struct {
 	OverlayAddr string      `json:"overlay_addr"`
 	LANPrefixes []string    `json:"lan_prefixes"`
 	Probes      *wireProbes `json:"probes,omitempty"`
+	Pair        *wirePair   `json:"pair,omitempty"`
 	Peers       []wirePeer  `json:"peers"`
 }
 
 type wirePeer struct {
-	Name        string   `json:"name"`
-	Site        string   `json:"site"`
-	PublicKey   string   `json:"public_key"`
-	OverlayAddr string   `json:"overlay_addr"`
-	Endpoints   []string `json:"endpoints"`
-	Prefixes    []string `json:"prefixes"`
-	Keepalive   int64    `json:"keepalive_seconds"`
-	SLA         *wireSLA `json:"sla,omitempty"`
+	Name        string        `json:"name"`
+	Site        string        `json:"site"`
+	PublicKey   string        `json:"public_key"`
+	OverlayAddr string        `json:"overlay_addr"`
+	Endpoints   []string      `json:"endpoints"`
+	Prefixes    []string      `json:"prefixes"`
+	Pair        *wirePeerPair `json:"pair,omitempty"`
+	Keepalive   int64         `json:"keepalive_seconds"`
+	SLA         *wireSLA      `json:"sla,omitempty"`
 }
 
 // FieldError is one problem with one field.
@@ -188,6 +195,7 @@ func Decode(data []byte) (*Netmap, error) {
 	v := &validator{}
 	ww := w.wire
 	ww.Probes = decodeProbesRaw(v, w.Probes)
+	ww.Pair = decodeRaw[wirePair](v, w.Pair, "pair")
 	peers := decodePeersRaw(v, w.Peers)
 	if len(v.errs) > 0 {
 		return nil, &DecodeError{v.errs}
@@ -199,17 +207,19 @@ func Decode(data []byte) (*Netmap, error) {
 	return n, nil
 }
 
-// wireIn is wire with the probes and the peers left raw.
+// wireIn is wire with the probes, the pair and the peers left raw.
 type wireIn struct {
 	wire
 	Probes json.RawMessage   `json:"probes"`
+	Pair   json.RawMessage   `json:"pair"`
 	Peers  []json.RawMessage `json:"peers"`
 }
 
-// wirePeerIn is wirePeer with the SLA left raw.
+// wirePeerIn is wirePeer with the pair and the SLA left raw.
 type wirePeerIn struct {
 	wirePeer
-	SLA json.RawMessage `json:"sla"`
+	Pair json.RawMessage `json:"pair"`
+	SLA  json.RawMessage `json:"sla"`
 }
 
 // wireProbesIn is wireProbes with the keys left raw.
@@ -231,14 +241,23 @@ func decodePeersRaw(v *validator, raws []json.RawMessage) []wirePeer {
 			continue
 		}
 		peers[i] = in.wirePeer
-		if len(in.SLA) > 0 && string(in.SLA) != "null" {
-			peers[i].SLA = new(wireSLA)
-			if err := DecodeStrict(in.SLA, peers[i].SLA, base+".sla"); err != nil {
-				v.errs = append(v.errs, err)
-			}
-		}
+		peers[i].Pair = decodeRaw[wirePeerPair](v, in.Pair, base+".pair")
+		peers[i].SLA = decodeRaw[wireSLA](v, in.SLA, base+".sla")
 	}
 	return peers
+}
+
+// decodeRaw decodes an optional object on its own, so that its errors
+// name it; nil when it is absent. Errors go to v.
+func decodeRaw[T any](v *validator, raw json.RawMessage, field string) *T {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil
+	}
+	out := new(T)
+	if err := DecodeStrict(raw, out, field); err != nil {
+		v.errs = append(v.errs, err)
+	}
+	return out
 }
 
 // decodeProbesRaw is decodePeersRaw for the probes object.
@@ -374,6 +393,7 @@ func (v *validator) netmap(w *wire, peers []wirePeer) *Netmap {
 	n.OverlayAddr = v.overlayAddr("overlay_addr", w.OverlayAddr)
 	n.LANPrefixes = v.prefixes("lan_prefixes", w.LANPrefixes)
 	n.Probes = v.probes(w.Probes)
+	n.Pair = v.ownPair(w.Pair)
 	if len(peers) > 0 {
 		n.Peers = make([]Peer, 0, len(peers))
 	}
@@ -414,6 +434,7 @@ func (v *validator) netmap(w *wire, peers []wirePeer) *Netmap {
 			}
 		}
 		p.Prefixes = v.prefixes(base+".prefixes", wp.Prefixes)
+		p.Pair = v.peerPair(base+".pair", wp.Pair)
 		if wp.Keepalive < 0 || time.Duration(wp.Keepalive)*time.Second > MaxKeepalive {
 			v.fail(base+".keepalive_seconds", "want 0 to 65535, got %d", wp.Keepalive)
 		} else {
@@ -422,6 +443,7 @@ func (v *validator) netmap(w *wire, peers []wirePeer) *Netmap {
 		p.SLA = v.sla(base+".sla", wp.SLA)
 		n.Peers = append(n.Peers, p)
 	}
+	v.errs = append(v.errs, lanConflicts(n.LANPrefixes, n.Site, n.Pair, n.Peers, func(i int) string { return fmt.Sprintf("peers[%d]", i) })...)
 	return n
 }
 

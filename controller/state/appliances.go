@@ -71,7 +71,7 @@ func (s *State) Enroll(ctx context.Context, in EnrollInput) (*Enrolled, error) {
 	credential, credHash := newSecret(SecretDevice)
 	now := s.now()
 	a := &store.Appliance{ID: newID(prefixAppliance), Name: in.Name, PublicKey: in.PublicKey, Endpoints: slices.Clone(in.Endpoints),
-		State: store.ApplianceActive, CredentialHash: credHash, CreatedAt: now}
+		State: store.ApplianceActive, CredentialHash: credHash, CreatedAt: now, Priority: netmap.DefaultPriority}
 	seq, err := store.Write(ctx, s.store, func(tx *store.Tx) (int64, error) {
 		et, err := tx.EnrollmentTokenByHash(ctx, hashSecret(in.Token))
 		if errors.Is(err, store.ErrNotFound) {
@@ -102,6 +102,9 @@ func (s *State) Enroll(ctx context.Context, in EnrollInput) (*Enrolled, error) {
 		}
 		live, err := tx.ListAppliances(ctx, t.ID)
 		if err != nil {
+			return 0, err
+		}
+		if err := checkPairRoom(live, site, "token"); err != nil {
 			return 0, err
 		}
 		names := map[string]bool{}
@@ -224,6 +227,9 @@ func (s *State) GetAppliance(ctx context.Context, p *Principal, tenantRef, ref s
 // ApplianceUpdate changes an appliance; nil fields are left as they are.
 type ApplianceUpdate struct {
 	Endpoints *[]netip.AddrPort
+	// Priority is the appliance's priority in its site's pair, 0 to
+	// netmap.MaxPriority, higher preferred.
+	Priority *int
 }
 
 // UpdateAppliance changes a live appliance; every peer sees the change.
@@ -231,6 +237,9 @@ func (s *State) UpdateAppliance(ctx context.Context, p *Principal, tenantRef, re
 	var f fields
 	if up.Endpoints != nil {
 		checkEndpoints(&f, *up.Endpoints)
+	}
+	if up.Priority != nil {
+		checkPriority(&f, *up.Priority)
 	}
 	if err := f.err(); err != nil {
 		return nil, err
@@ -250,6 +259,12 @@ func (s *State) UpdateAppliance(ctx context.Context, p *Principal, tenantRef, re
 		if up.Endpoints != nil {
 			a.Endpoints = slices.Clone(*up.Endpoints)
 			if err := tx.UpdateApplianceEndpoints(ctx, t.ID, a.ID, a.Endpoints); err != nil {
+				return 0, err
+			}
+		}
+		if up.Priority != nil {
+			a.Priority = *up.Priority
+			if err := tx.UpdateAppliancePriority(ctx, t.ID, a.ID, a.Priority); err != nil {
 				return 0, err
 			}
 		}

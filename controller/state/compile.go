@@ -54,14 +54,21 @@ type tenantView struct {
 	// appliances apply to their peers, shared by the site's netmaps.
 	sla  slaConfig
 	slas map[string]*netmap.PeerSLAs
+	// liveAt counts the live appliances of each site; a site with two is
+	// a pair (see pair.go), whose status pairs holds once its members
+	// reported.
+	liveAt map[string]int
+	pairs  map[string]*store.PairStatus
 }
 
 type selfContext struct {
 	name, site, overlay, prefixes string
 	keepalive                     time.Duration
+	pair                          netmap.Pair
+	paired                        bool
 }
 
-func peerOf(a *store.Appliance, site *store.Site) netmap.Peer {
+func peerOf(a *store.Appliance, site *store.Site, pair *netmap.PeerPair) netmap.Peer {
 	return netmap.Peer{
 		Name:        a.Name,
 		Site:        site.ID,
@@ -69,6 +76,7 @@ func peerOf(a *store.Appliance, site *store.Site) netmap.Peer {
 		OverlayAddr: a.OverlayAddr,
 		Endpoints:   slices.Clone(a.Endpoints),
 		Prefixes:    slices.Clone(site.LANPrefixes),
+		Pair:        pair,
 	}
 }
 
@@ -80,15 +88,19 @@ func keepaliveFor(a *store.Appliance, site *store.Site) time.Duration {
 	return 0
 }
 
-func selfOf(a *store.Appliance, site *store.Site) selfContext {
+func selfOf(a *store.Appliance, site *store.Site, pair *netmap.Pair) selfContext {
 	ps := make([]string, len(site.LANPrefixes))
 	for i, p := range site.LANPrefixes {
 		ps[i] = p.String()
 	}
-	return selfContext{
+	sc := selfContext{
 		name: a.Name, site: site.ID, overlay: a.OverlayAddr.String(),
 		prefixes: strings.Join(ps, ","), keepalive: keepaliveFor(a, site),
 	}
+	if pair != nil {
+		sc.pair, sc.paired = *pair, true
+	}
+	return sc
 }
 
 // applyLocked replaces the view of tenant id with one built from snap and
@@ -122,9 +134,19 @@ func (s *State) applyLocked(id string, snap *snapshot, version uint64, requestID
 		maps:    make(map[string]*netmap.Netmap, len(snap.apps)),
 		probes:  probesOf(snap.keys),
 		sla:     slaConfigOf(snap.tenant, snap.overrides),
+		liveAt:  map[string]int{},
+		pairs:   make(map[string]*store.PairStatus, len(snap.pairs)),
 	}
 	for _, site := range snap.sites {
 		nv.sites[site.ID] = site
+	}
+	for _, a := range snap.apps {
+		if a.State == store.ApplianceActive && nv.sites[a.SiteID] != nil {
+			nv.liveAt[a.SiteID]++
+		}
+	}
+	for _, st := range snap.pairs {
+		nv.pairs[st.SiteID] = st
 	}
 	var oldSLAs map[string]*netmap.PeerSLAs
 	if old != nil {
@@ -142,7 +164,7 @@ func (s *State) applyLocked(id string, snap *snapshot, version uint64, requestID
 			continue
 		}
 		nv.apps[a.ID] = a
-		p := peerOf(a, site)
+		p := peerOf(a, site, nv.peerPairOf(a))
 		var oe *netmap.PeerEntry
 		if old != nil {
 			oe = old.entries[a.ID]
@@ -158,7 +180,7 @@ func (s *State) applyLocked(id string, snap *snapshot, version uint64, requestID
 			changed = append(changed, a.ID)
 			changedNames = append(changedNames, p.Name)
 		}
-		nv.selves[a.ID] = selfOf(a, site)
+		nv.selves[a.ID] = selfOf(a, site, nv.ownPairOf(a))
 		s.devices[a.CredentialHash] = deviceRef{tenantID: id, applianceID: a.ID}
 	}
 	if old != nil {
@@ -263,6 +285,7 @@ func (v *tenantView) compile(a *store.Appliance) *netmap.Netmap {
 		OverlayAddr: a.OverlayAddr,
 		LANPrefixes: slices.Clone(site.LANPrefixes),
 		Probes:      v.probes,
+		Pair:        v.ownPairOf(a),
 	}
 	return netmap.Shared(head, v.table, v.index[a.ID], keepaliveFor(a, site), v.slas[site.ID])
 }

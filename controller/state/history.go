@@ -116,7 +116,7 @@ func (v *tenantView) delta(appID string, since uint64) *netmap.Delta {
 		}
 	}
 	d := &netmap.Delta{Version: m.Version, Base: since, RequestID: m.RequestID, Tenant: m.Tenant, Appliance: m.Appliance,
-		Site: m.Site, Name: m.Name, OverlayAddr: m.OverlayAddr, LANPrefixes: m.LANPrefixes, Probes: m.Probes}
+		Site: m.Site, Name: m.Name, OverlayAddr: m.OverlayAddr, LANPrefixes: m.LANPrefixes, Probes: m.Probes, Pair: m.Pair}
 	slas := v.slas[m.Site]
 	for name := range names {
 		if name == m.Name {

@@ -60,9 +60,20 @@ func TestSyncDelta(t *testing.T) {
 			held = got
 		}
 
+		// A site holds at most two appliances: the others get sites of
+		// their own.
+		sites := 2
+		newSite := func() string {
+			t.Helper()
+			sites++
+			name := fmt.Sprintf("s%d", sites)
+			must[*store.Site](t)(s.CreateSite(ctx, operator, "acme", state.SiteInput{Name: name, Kind: store.SiteOffice,
+				LANPrefixes: pfx(fmt.Sprintf("10.%d.0.0/24", sites))}))
+			return name
+		}
 		enroll(t, s, "acme", "br", "br-2")
 		step("enrollment", true)
-		enroll(t, s, "acme", "br", "br-3")
+		enroll(t, s, "acme", newSite(), "br-3")
 		eps := []netip.AddrPort{netip.MustParseAddrPort("203.0.113.9:51820")}
 		must[*state.ApplianceInfo](t)(s.UpdateAppliance(ctx, operator, "acme", "br-2", state.ApplianceUpdate{Endpoints: &eps}))
 		step("enrollment and update", true)
@@ -72,17 +83,21 @@ func TestSyncDelta(t *testing.T) {
 		moved := pfx("10.1.1.0/24")
 		must[*store.Site](t)(s.UpdateSite(ctx, operator, "acme", "hq", state.SiteUpdate{LANPrefixes: &moved}))
 		step("own site", false)
-		// Most peers changed: a delta would not be much smaller.
+		// Most peers changed: a delta would not be much smaller. (Two
+		// per site: ten pairs.)
 		for i := range 20 {
-			enroll(t, s, "acme", "br", fmt.Sprintf("br-1%d", i))
+			site := fmt.Sprintf("s%d", sites)
+			if i%2 == 0 {
+				site = newSite()
+			}
+			enroll(t, s, "acme", site, fmt.Sprintf("br-1%d", i))
 		}
 		step("20 enrollments", false)
-		p := pfx("10.2.1.0/24")
-		must[*store.Site](t)(s.UpdateSite(ctx, operator, "acme", "br", state.SiteUpdate{LANPrefixes: &p}))
+		must[store.SLA](t)(s.SetSLA(ctx, operator, "acme", store.SLA{MaxLossPercent: 1, MaxRTTMillis: 90, MaxJitterMillis: 9}))
 		step("every peer", false)
 
 		// Without asking, or from version 0, the answer is the full netmap.
-		enroll(t, s, "acme", "br", "br-4")
+		enroll(t, s, "acme", newSite(), "br-4")
 		if u := must[*state.Update](t)(s.SyncUpdate(ctx, d, held.Version, false)); u.Delta != nil {
 			t.Errorf("a delta without asking")
 		}

@@ -144,6 +144,9 @@ func (s *State) RunPathMaintenance(ctx context.Context, interval time.Duration) 
 		if err := s.MaintainPaths(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("path history upkeep failed; retrying at the next tick", "err", err)
 		}
+		if err := s.MaintainPairs(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("pair history upkeep failed; retrying at the next tick", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -74,6 +74,8 @@ type State struct {
 	lastPoll time.Time
 	// seen is when each appliance was last recorded as heard from.
 	seen map[string]time.Time
+	// failovers counts the pair failovers recorded here, by label.
+	failovers map[string]uint64
 }
 
 type deviceRef struct{ tenantID, applianceID string }
@@ -144,6 +146,7 @@ type snapshot struct {
 	apps      []*store.Appliance
 	overrides []*store.SLAOverride
 	keys      []*store.ProbeKey
+	pairs     []*store.PairStatus
 }
 
 func loadTenant(ctx context.Context, tx *store.Tx, id string) (*snapshot, error) {
@@ -170,7 +173,11 @@ func loadTenant(ctx context.Context, tx *store.Tx, id string) (*snapshot, error)
 	if err != nil {
 		return nil, err
 	}
-	return &snapshot{tenant: t, sites: sites, apps: apps, overrides: overrides, keys: keys}, nil
+	pairs, err := tx.ListPairStatus(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &snapshot{tenant: t, sites: sites, apps: apps, overrides: overrides, keys: keys, pairs: pairs}, nil
 }
 
 // reloadAll rebuilds every view from the store. Netmaps whose content is

@@ -58,6 +58,13 @@ func (s *State) CreateEnrollmentToken(ctx context.Context, p *Principal, tenantR
 		if err != nil {
 			return 0, &Error{Code: CodeInvalid, Msg: "invalid input", Fields: []FieldError{{"site", err.Error()}}}
 		}
+		apps, err := tx.ListAppliances(ctx, t.ID)
+		if err != nil {
+			return 0, err
+		}
+		if err := checkPairRoom(apps, site, "site"); err != nil {
+			return 0, err
+		}
 		et.TenantID, et.SiteID = t.ID, site.ID
 		if err := tx.InsertEnrollmentToken(ctx, et); err != nil {
 			return 0, storeErr(err)

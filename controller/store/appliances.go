@@ -11,14 +11,14 @@ import (
 	"github.com/causeway-net/causeway/dataplane/wgkey"
 )
 
-const applianceCols = "id, tenant_id, site_id, name, public_key, overlay_addr, endpoints, state, credential_hash, created_at, last_seen_at, revoked_at"
+const applianceCols = "id, tenant_id, site_id, name, public_key, overlay_addr, endpoints, state, credential_hash, created_at, last_seen_at, revoked_at, priority, drained_at"
 
 func scanAppliance(sc interface{ Scan(...any) error }) (*Appliance, error) {
 	var a Appliance
 	var key, addr, endpoints, state string
-	var created, seen, revoked int64
+	var created, seen, revoked, priority, drained int64
 	if err := sc.Scan(&a.ID, &a.TenantID, &a.SiteID, &a.Name, &key, &addr, &endpoints, &state,
-		&a.CredentialHash, &created, &seen, &revoked); err != nil {
+		&a.CredentialHash, &created, &seen, &revoked, &priority, &drained); err != nil {
 		return nil, err
 	}
 	var err error
@@ -33,14 +33,16 @@ func scanAppliance(sc interface{ Scan(...any) error }) (*Appliance, error) {
 	}
 	a.State = ApplianceState(state)
 	a.CreatedAt, a.LastSeenAt, a.RevokedAt = fromMillis(created), fromMillis(seen), fromMillis(revoked)
+	a.Priority, a.DrainedAt = int(priority), fromMillis(drained)
 	return &a, nil
 }
 
 // InsertAppliance adds an appliance.
 func (t *Tx) InsertAppliance(ctx context.Context, a *Appliance) error {
-	_, err := t.exec(ctx, "INSERT INTO appliances ("+applianceCols+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+	_, err := t.exec(ctx, "INSERT INTO appliances ("+applianceCols+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
 		a.ID, a.TenantID, a.SiteID, a.Name, a.PublicKey.String(), a.OverlayAddr.String(), joinList(a.Endpoints),
-		string(a.State), a.CredentialHash, millis(a.CreatedAt), millis(a.LastSeenAt), millis(a.RevokedAt))
+		string(a.State), a.CredentialHash, millis(a.CreatedAt), millis(a.LastSeenAt), millis(a.RevokedAt),
+		int64(a.Priority), millis(a.DrainedAt))
 	return err
 }
 

@@ -21,7 +21,10 @@ func (s *Store) provider(ctx context.Context) (*goose.Provider, error) {
 		return nil, err
 	}
 	dialect := goose.DialectSQLite3
-	opts := []goose.ProviderOption{goose.WithDisableGlobalRegistry(true)}
+	// Migrations are written independent of each other and numbered as
+	// they are merged, so a database may have run a later one before an
+	// earlier one existed: it gets the earlier one too.
+	opts := []goose.ProviderOption{goose.WithDisableGlobalRegistry(true), goose.WithAllowOutofOrder(true)}
 	if s.engine == Postgres {
 		dialect = goose.DialectPostgres
 		// Two replicas starting together must not both migrate.

@@ -120,6 +120,11 @@ type Appliance struct {
 	CreatedAt      time.Time
 	LastSeenAt     time.Time
 	RevokedAt      time.Time
+	// Priority is the appliance's priority in its site's pair (higher
+	// preferred); DrainedAt, when set, is when it was drained (see
+	// pair.go).
+	Priority  int
+	DrainedAt time.Time
 }
 
 // EnrollmentToken is a one-time, expiring permission to enrol one appliance

@@ -67,8 +67,10 @@ const (
 type Options struct {
 	// Appliances is N, the number of simulated appliances.
 	Appliances int
-	// Sites is how many sites they are spread over; 0 means one per 100
-	// appliances (at least 1).
+	// Sites is how many sites there are. A site holds at most two
+	// appliances (a pair), and each change enrols an appliance into a site
+	// of its own (so that the change is one new peer and nothing else): at
+	// least Appliances/2 (rounded up) + Changes. 0 means that many.
 	Sites int
 	// DB is "" or "sqlite" for SQLite in the temporary data directory, or
 	// a postgres:// DSN, in which the benchmark creates a schema of its
@@ -105,20 +107,21 @@ func (o *Options) defaults() error {
 	if o.Appliances < 2 {
 		return fmt.Errorf("appliances: want 2 or more, got %d", o.Appliances)
 	}
-	if o.Sites <= 0 {
-		o.Sites = max(1, o.Appliances/100)
+	if o.Changes <= 0 {
+		o.Changes = DefaultChanges
 	}
-	if o.Sites > 65536 || o.Sites > o.Appliances {
-		return fmt.Errorf("sites: want 1 to min(appliances, 65536), got %d", o.Sites)
+	least := (o.Appliances+1)/2 + o.Changes
+	if o.Sites <= 0 {
+		o.Sites = least
+	}
+	if o.Sites > 65536 || o.Sites < least {
+		return fmt.Errorf("sites: want %d (two appliances a site, one for each change) to 65536, got %d", least, o.Sites)
 	}
 	if o.DB == "sqlite" {
 		o.DB = ""
 	}
 	if o.DB != "" && !store.IsPostgresDSN(o.DB) {
 		return fmt.Errorf("db: want sqlite or a postgres:// DSN, got %q", o.DB)
-	}
-	if o.Changes <= 0 {
-		o.Changes = DefaultChanges
 	}
 	switch o.Sync {
 	case "":
@@ -338,7 +341,13 @@ func (b *bench) setup(ctx, runCtx context.Context) error {
 	total := n + opts.Changes
 	tokens := make([]string, total)
 	if err := parallel(ctx, total, opts.Concurrency, func(i int) (err error) {
-		tokens[i], err = b.admin.createToken(ctx, tenantName, b.sites[i%len(b.sites)])
+		// The appliances fill the first sites; each change gets one of
+		// the last ones.
+		site := i % (len(b.sites) - opts.Changes)
+		if i >= n {
+			site = len(b.sites) - opts.Changes + (i - n)
+		}
+		tokens[i], err = b.admin.createToken(ctx, tenantName, b.sites[site])
 		return err
 	}); err != nil {
 		return err

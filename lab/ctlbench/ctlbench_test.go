@@ -25,7 +25,7 @@ func TestRun(t *testing.T) {
 	bin := binary(t, ctx)
 	for _, mode := range []string{SyncDelta, SyncFull} {
 		t.Run(mode, func(t *testing.T) {
-			res, err := Run(ctx, Options{Appliances: 50, Sites: 5, Changes: 3, Sync: mode, Binary: bin,
+			res, err := Run(ctx, Options{Appliances: 50, Changes: 3, Sync: mode, Binary: bin,
 				Timeout: 20 * time.Second, Progress: &progress})
 			if err != nil {
 				t.Fatalf("%v\n%s", err, progress.String())

@@ -43,7 +43,7 @@ func mainIO(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	var o Options
 	fs.IntVar(&o.Appliances, "appliances", DefaultAppliances, "number of simulated appliances (N)")
-	fs.IntVar(&o.Sites, "sites", 0, "number of sites the appliances are spread over (default N/100, at least 1)")
+	fs.IntVar(&o.Sites, "sites", 0, "number of sites; a site holds at most two appliances and each change gets a site of its own (default N/2 rounded up + changes)")
 	fs.StringVar(&o.DB, "db", "sqlite", "sqlite (in a temporary directory), or a postgres:// DSN; the benchmark works in a schema of its own there and drops it at the end")
 	fs.IntVar(&o.Changes, "changes", DefaultChanges, "how many times to make and measure the change")
 	fs.StringVar(&o.Sync, "sync", SyncDelta, "delta: appliances ask for deltas (?delta=1); full: they always get the whole netmap")
