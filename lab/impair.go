@@ -106,7 +106,7 @@ const (
 	// link's subnet: into the TUN).
 	delayTUNPrefix = "dly"
 	// delayTUNQueue is the transmit queue of a delay stage's TUN.
-	delayTUNQueue = 20000
+	delayTUNQueue  = 20000
 	delayTableBase = 100
 	delayRuleBase  = 1000
 	// kindDelayStage is the process kind of a delay stage.
