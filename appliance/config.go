@@ -70,6 +70,9 @@ type Config struct {
 	// SLA is what every path should meet (the zero SLA sets no limits);
 	// PeerConfig.SLA overrides it for one peer.
 	SLA probes.SLA
+	// Gateway, if set, makes the appliance the LAN's Internet gateway
+	// over its uplinks (gateway.go).
+	Gateway *GatewayConfig
 }
 
 // Uplink is one WAN attachment.
@@ -131,6 +134,7 @@ type fileConfig struct {
 	ProbeAcceptedKeys []fileProbeKey `json:"probe_accepted_keys,omitempty"`
 	ProbeInterval     string         `json:"probe_interval,omitempty"`
 	SLA               *fileSLA       `json:"sla,omitempty"`
+	Gateway           *fileGateway   `json:"gateway,omitempty"`
 }
 
 // fileProbeKey is a probe key: its id and its 32-byte secret in base64.
@@ -468,6 +472,9 @@ func (v *validator) config(fc *fileConfig) *Config {
 		}
 		c.Peers = append(c.Peers, p)
 	}
+	if fc.Gateway != nil {
+		c.Gateway = v.gateway(fc.Gateway, c)
+	}
 	return c
 }
 
@@ -581,6 +588,7 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 	if c.SLA != (probes.SLA{}) {
 		fc.SLA = marshalSLA(c.SLA)
 	}
+	fc.Gateway = marshalGateway(c.Gateway)
 	for _, p := range c.LANPrefixes {
 		fc.LANPrefixes = append(fc.LANPrefixes, p.String())
 	}
