@@ -170,14 +170,14 @@ func (a *Appliance) startGateway(cfg *Config) error {
 		}
 	}
 	c.LANAddr = lanAddr(gc.LANInterface, c.LANPrefixes)
-	for i, gu := range uplinks {
+	for _, gu := range uplinks {
 		k := slices.IndexFunc(cfg.Uplinks, func(u Uplink) bool { return u.Name == gu.Name })
 		u := cfg.Uplinks[k]
 		via := gu.Via
 		if !via.IsValid() {
 			var err error
 			if via, err = gateway.DefaultGateway(u.Interface); err != nil {
-				return fmt.Errorf("gateway.uplinks[%d] (%s): %w; give its next hop (\"via\")", i, u.Name, err)
+				return fmt.Errorf("gateway: uplink %s: %w; give its next hop (gateway.uplinks[].via)", u.Name, err)
 			}
 		}
 		c.Uplinks = append(c.Uplinks, gateway.Uplink{Name: u.Name, Interface: u.Interface, Gateway: via})
