@@ -39,6 +39,8 @@ type Appliance struct {
 	// follow puts each remote pair's prefixes on one of its members and
 	// configures the device's peers (follow.go).
 	follow *follower
+	// gw is the Internet gateway; nil unless cfg.Gateway is set.
+	gw *gatewayRunner
 
 	mu  sync.Mutex // guards cfg
 	cfg *Config
@@ -130,6 +132,11 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 	case !cfg.ProbeKey.IsZero():
 		log.Info("path probing off: no uplinks, so one kernel-routed socket and no paths to choose from")
 	}
+	if cfg.Gateway != nil {
+		if err := a.startGateway(cfg); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.HTTPListen != "" {
 		ln, err := net.Listen("tcp", cfg.HTTPListen)
 		if err != nil {
@@ -167,7 +174,8 @@ func (a *Appliance) Device() *dataplane.Device { return a.dev }
 // endpoints and prefixes), the name, the LAN prefixes, the probe keys and
 // the SLAs change in place (paths that stay keep their statistics); a
 // change of state directory, interface, overlay address, port, MTU, HTTP
-// address, uplinks or probe interval needs a restart and is refused,
+// address, uplinks, probe interval or gateway (or of the LAN prefixes of
+// an appliance that is the gateway) needs a restart and is refused,
 // leaving the running config untouched.
 func (a *Appliance) Apply(cfg *Config) error {
 	a.mu.Lock()
@@ -187,6 +195,7 @@ func (a *Appliance) Apply(cfg *Config) error {
 	fixed("http_listen", old.HTTPListen == cfg.HTTPListen)
 	fixed("uplinks", slices.Equal(old.Uplinks, cfg.Uplinks))
 	fixed("probe_interval", old.ProbeInterval == cfg.ProbeInterval)
+	errs = append(errs, gatewayFixed(old, cfg)...)
 	if len(errs) > 0 {
 		return &ConfigError{Errs: errs}
 	}

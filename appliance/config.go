@@ -73,6 +73,9 @@ type Config struct {
 	// Pair is this appliance's place in its site's pair; nil when the
 	// site has one appliance (see follow.go).
 	Pair *PairSelf
+	// Gateway, if set, makes the appliance the LAN's Internet gateway
+	// over its uplinks (gateway.go).
+	Gateway *GatewayConfig
 }
 
 // Uplink is one WAN attachment.
@@ -139,6 +142,7 @@ type fileConfig struct {
 	ProbeInterval     string         `json:"probe_interval,omitempty"`
 	SLA               *fileSLA       `json:"sla,omitempty"`
 	Pair              *filePairSelf  `json:"pair,omitempty"`
+	Gateway           *fileGateway   `json:"gateway,omitempty"`
 }
 
 // fileProbeKey is a probe key: its id and its 32-byte secret in base64.
@@ -485,6 +489,9 @@ func (v *validator) config(fc *fileConfig) *Config {
 		}
 		c.Peers = append(c.Peers, p)
 	}
+	if fc.Gateway != nil {
+		c.Gateway = v.gateway(fc.Gateway, c)
+	}
 	return c
 }
 
@@ -601,6 +608,7 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 	if c.Pair != nil {
 		fc.Pair = &filePairSelf{Priority: c.Pair.Priority, Drained: c.Pair.Drained}
 	}
+	fc.Gateway = marshalGateway(c.Gateway)
 	for _, p := range c.LANPrefixes {
 		fc.LANPrefixes = append(fc.LANPrefixes, p.String())
 	}

@@ -20,6 +20,9 @@ func (a *Appliance) handler() http.Handler {
 	if a.paths != nil {
 		reg.MustRegister(&pathCollector{p: a.paths})
 	}
+	if a.gw != nil {
+		reg.MustRegister(a.gw)
+	}
 	mux := http.NewServeMux()
 	health := func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

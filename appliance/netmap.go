@@ -26,7 +26,8 @@ type Local struct {
 	ListenPort uint16 // 0 means DefaultListenPort
 	MTU        int    // 0 means AutoMTU
 	HTTPListen string
-	Uplinks    []Uplink // empty: kernel-routed sockets
+	Uplinks    []Uplink       // empty: kernel-routed sockets
+	Gateway    *GatewayConfig // nil: not the LAN's Internet gateway
 }
 
 // ConfigFromNetmap builds the appliance config for nm. The result passes
@@ -36,7 +37,7 @@ func ConfigFromNetmap(l Local, nm *netmap.Netmap) (*Config, error) {
 	c := &Config{
 		Name: nm.Name, StateDir: l.StateDir, Interface: l.Interface, OverlayAddr: nm.OverlayAddr,
 		ListenPort: l.ListenPort, MTU: l.MTU, LANPrefixes: nm.LANPrefixes, HTTPListen: l.HTTPListen,
-		Uplinks: l.Uplinks,
+		Uplinks: l.Uplinks, Gateway: l.Gateway,
 	}
 	if c.Interface == "" {
 		c.Interface = DefaultInterface

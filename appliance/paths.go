@@ -159,6 +159,10 @@ type prober struct {
 
 	wrongPath atomic.Uint64 // verified replies that came in on another path than they were sent on
 	wake      chan struct{} // a sync happened: poll now
+	// changed is signalled (without blocking) when a path changed state
+	// or the set of paths changed: the gateway's cue to recompute the
+	// uplinks' health.
+	changed chan struct{}
 
 	mu    sync.Mutex // guards the fields below
 	mp    multipath  // nil before start
@@ -195,7 +199,7 @@ func newProber(opts proberOptions) *prober {
 		log = slog.New(slog.DiscardHandler)
 	}
 	keys := new(probes.Keyring)
-	return &prober{
+	p := &prober{
 		opts:  opts,
 		log:   log.With("component", "paths"),
 		keys:  keys,
@@ -205,6 +209,8 @@ func newProber(opts proberOptions) *prober {
 		peers: map[wgkey.PublicKey]*peerPaths{},
 		moves: map[probes.Reason]uint64{},
 	}
+	p.changed = make(chan struct{}, 1)
+	return p
 }
 
 // HandleProbe is the bind's probe handler: it answers requests and counts
@@ -281,6 +287,7 @@ func (p *prober) sync(cfg *Config) error {
 		return err
 	}
 	on := !cfg.ProbeKey.IsZero()
+	defer p.signalChanged() // after the unlock: the paths may have changed
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if on != p.on {
@@ -424,6 +431,9 @@ func (p *prober) run(ctx context.Context) {
 				_ = p.mp.SendProbe(s.path, b) // failures are counted per uplink by the bind
 			}
 			p.logTransitions(changes)
+			if len(changes) > 0 {
+				p.signalChanged()
+			}
 			p.selectPaths(now)
 		}
 		if (changed || woke) && p.opts.OnChange != nil {

@@ -123,7 +123,7 @@ func TestCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
 		t.Fatalf("decoding status: %v\n%s", err, stdout)
 	}
-	if st.Instance != inst || len(st.Hosts) != 4 || len(st.Appliances) != 3 || len(st.Services) != 1 {
+	if st.Instance != inst || len(st.Hosts) != 4 || len(st.Appliances) != 3 || len(st.Services) != 2 {
 		t.Fatalf("status: %s", stdout)
 	}
 	for _, h := range st.Hosts {
@@ -148,6 +148,9 @@ func TestCLI(t *testing.T) {
 		}
 	}
 	if sv := st.Services[0]; sv.Name != "backend-http" || sv.Host != "vpc-1-backend-1" || sv.URL != "http://10.20.0.10/" {
+		t.Errorf("service %+v", sv)
+	}
+	if sv := st.Services[1]; sv.Name != "web-http" || sv.Host != "web-1" || sv.URL != "http://198.19.0.10/" {
 		t.Errorf("service %+v", sv)
 	}
 	if c := st.Controller; c.URL != "https://198.18.0.2:8443" || c.Netns != "cw-"+inst+"-cloud" || c.PID <= 0 || len(c.CAFingerprint) != 64 {

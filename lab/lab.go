@@ -102,12 +102,13 @@ type Lab struct {
 var ErrExists = errors.New("lab instance already exists")
 
 // Up builds the instance: namespaces, links, addresses, routes, the home
-// router's NAT. It then starts the backend service and the controller,
+// router's NAT. It then starts the services (the backend, web-1) and the controller,
 // creates the tenant, the sites and one enrollment token per site through
 // the controller's API, and starts the appliances, which enroll with their
 // tokens. It returns once every appliance has applied a netmap that lists
-// all the others and the hosts at office-1 and home-1 can fetch the
-// backend's page through the overlay. On error, and when ctx is
+// all the others, the hosts at office-1 and home-1 can fetch the
+// backend's page through the overlay, and office-1-host can fetch web-1's
+// through office-1's Internet gateway. On error, and when ctx is
 // cancelled, it tears down whatever it built.
 func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	o, err := opts.withDefaults()
@@ -225,6 +226,10 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		if err := l.waitReachable(wctx, host, l.t.services[0]); err != nil {
 			return nil, err
 		}
+	}
+	// office-1 is its LAN's Internet gateway.
+	if err := l.waitReachable(wctx, "office-1-host", *l.service("web-http")); err != nil {
+		return nil, err
 	}
 	l.log.Info("lab up", "elapsed", time.Since(start).Round(time.Millisecond))
 	return l, nil
@@ -408,13 +413,17 @@ func (l *Lab) local(a *applianceSpec) appliance.Local {
 	for _, w := range a.wans {
 		ups = append(ups, appliance.Uplink{Name: w, Interface: w})
 	}
-	return appliance.Local{
+	loc := appliance.Local{
 		StateDir:   l.applianceDir(a.name),
 		Interface:  appliance.DefaultInterface,
 		ListenPort: listenPort,
 		HTTPListen: appliance.DefaultHTTPListen,
 		Uplinks:    ups,
 	}
+	if a.gateway != "" {
+		loc.Gateway = &appliance.GatewayConfig{LANInterface: a.gateway}
+	}
+	return loc
 }
 
 // UnderlayFragments returns how many IPv4 fragments the routers on the
@@ -515,8 +524,9 @@ func (l *Lab) StartAppliance(ctx context.Context, name string) error {
 }
 
 // applianceArgv is the command line of a controller-managed appliance:
-// one pinned socket per uplink, and one endpoint per uplink address. An
-// appliance behind NAT reports no endpoints: it only dials out.
+// one pinned socket per uplink, one endpoint per uplink address, and the
+// Internet gateway where the topology makes it one. An appliance behind
+// NAT reports no endpoints: it only dials out.
 func (l *Lab) applianceArgv(a *applianceSpec, caFingerprint string) []string {
 	argv := []string{l.binary, "appliance",
 		"--controller", l.ControllerURL(),
@@ -531,6 +541,9 @@ func (l *Lab) applianceArgv(a *applianceSpec, caFingerprint string) []string {
 			eps = append(eps, netip.AddrPortFrom(l.t.iface(a.name, w).addr.Addr(), listenPort).String())
 		}
 		argv = append(argv, "--endpoints", strings.Join(eps, ","))
+	}
+	if a.gateway != "" {
+		argv = append(argv, "--gateway", a.gateway)
 	}
 	return argv
 }
@@ -567,6 +580,9 @@ func (l *Lab) startAppliance(name, caFingerprint, token string) error {
 // connections.
 func (l *Lab) startService(ctx context.Context, sv serviceSpec) error {
 	argv := []string{l.binary, "lab", "serve-http", "--listen", sv.listen.String(), "--name", sv.host}
+	if sv.udpEcho.IsValid() {
+		argv = append(argv, "--udp-echo", sv.udpEcho.String())
+	}
 	r, c, err := startProcess(l.binary, netnsName(l.instance, sv.host), argv, l.LogPath(sv.name))
 	r.Name, r.Kind, r.Node = sv.name, kindService, sv.host
 	l.mu.Lock()

@@ -101,3 +101,29 @@ func Serve(ctx context.Context, listen, name string, log *slog.Logger) error {
 	log.Info("stopped", "name", name)
 	return err
 }
+
+// ServeUDPEcho answers every UDP datagram on listen with the same bytes
+// until ctx is done.
+func ServeUDPEcho(ctx context.Context, listen string, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c, err := net.ListenPacket("udp", listen)
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	log.Info("echoing UDP", "listen", listen)
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		c.WriteTo(buf[:n], from)
+	}
+}

@@ -60,6 +60,8 @@ type ServiceStatus struct {
 	URL  string `json:"url"`
 	// PID is the service process, or 0 if it is not running.
 	PID int `json:"pid"`
+	// UDPEcho is the IP:port of the service's UDP echo, if it has one.
+	UDPEcho string `json:"udp_echo,omitempty"`
 }
 
 // ControllerStatus is the lab's controller.
@@ -79,8 +81,8 @@ type ControllerStatus struct {
 // NodeStatus is one namespace of the lab.
 type NodeStatus struct {
 	Name  string `json:"name"`
-	Role  string `json:"role"` // RoleRouter, RoleSwitch, RoleAppliance, RoleHost or RoleController
-	Site  string `json:"site"` // "" for inet and cloud
+	Role  string `json:"role"` // RoleRouter, RoleSwitch, RoleAppliance, RoleHost, RoleController or RoleServer
+	Site  string `json:"site"` // "" for inet, cloud and web-1
 	Netns string `json:"netns"`
 }
 
@@ -132,7 +134,11 @@ func buildStatus(t *topology, instance, dir string, live liveState) Status {
 		s.Appliances = append(s.Appliances, as)
 	}
 	for _, sv := range t.services {
-		s.Services = append(s.Services, ServiceStatus{Name: sv.name, Host: sv.host, URL: serviceURL(sv), PID: live.pid(sv.name)})
+		ss := ServiceStatus{Name: sv.name, Host: sv.host, URL: serviceURL(sv), PID: live.pid(sv.name)}
+		if sv.udpEcho.IsValid() {
+			ss.UDPEcho = sv.udpEcho.String()
+		}
+		s.Services = append(s.Services, ss)
 	}
 	c := t.controller
 	s.Controller = ControllerStatus{
@@ -191,10 +197,14 @@ func (s Status) WriteText(w io.Writer) error {
 
 	rows = nil
 	for _, sv := range s.Services {
-		rows = append(rows, []string{sv.Name, sv.Host, sv.URL, pidText(sv.PID)})
+		echo := sv.UDPEcho
+		if echo == "" {
+			echo = "-"
+		}
+		rows = append(rows, []string{sv.Name, sv.Host, sv.URL, echo, pidText(sv.PID)})
 	}
 	fmt.Fprintln(w)
-	writeTable(w, []string{"SERVICE", "HOST", "URL", "PID"}, rows)
+	writeTable(w, []string{"SERVICE", "HOST", "URL", "UDP ECHO", "PID"}, rows)
 
 	var others []string
 	for _, n := range s.Nodes {
@@ -202,7 +212,14 @@ func (s Status) WriteText(w io.Writer) error {
 			others = append(others, n.Name)
 		}
 	}
-	_, err := fmt.Fprintf(w, "\nRouters and switches: %s\n", strings.Join(others, ", "))
+	fmt.Fprintf(w, "\nRouters and switches: %s\n", strings.Join(others, ", "))
+	var servers []string
+	for _, n := range s.Nodes {
+		if n.Role == RoleServer {
+			servers = append(servers, n.Name)
+		}
+	}
+	_, err := fmt.Fprintf(w, "Internet hosts: %s\n", strings.Join(servers, ", "))
 	return err
 }
 

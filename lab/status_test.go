@@ -18,7 +18,7 @@ const statusGolden = "testdata/status.golden.json"
 const testFingerprint = "8f3b0c6e2a1d4f5b9c7e0a2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a3c5e7b9d0f"
 
 func testStatus() Status {
-	pids := map[string]int{"office-1": 101, "vpc-1": 102, "backend-http": 201, "controller": 200}
+	pids := map[string]int{"office-1": 101, "vpc-1": 102, "backend-http": 201, "web-http": 202, "controller": 200}
 	overlay := map[string]string{"office-1": "100.64.0.1", "vpc-1": "100.64.0.2", "home-1": "100.64.0.3"}
 	return buildStatus(labTopology, "demo", "/run/causeway-lab/demo", liveState{
 		pid:           func(name string) int { return pids[name] },
@@ -66,7 +66,10 @@ func TestStatusShape(t *testing.T) {
 			Uplinks           []struct{ Name, Addr string }
 			OverlayAddr       string `json:"overlay_addr"`
 		} `json:"appliances"`
-		Services   []struct{ Name, Host, URL string } `json:"services"`
+		Services []struct {
+			Name, Host, URL string
+			UDPEcho         string `json:"udp_echo"`
+		} `json:"services"`
 		Controller struct {
 			URL           string `json:"url"`
 			Netns         string `json:"netns"`
@@ -78,7 +81,7 @@ func TestStatusShape(t *testing.T) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatal(err)
 	}
-	if s.Instance != "demo" || len(s.Hosts) != 4 || len(s.Appliances) != 3 || len(s.Services) != 1 {
+	if s.Instance != "demo" || len(s.Hosts) != 4 || len(s.Appliances) != 3 || len(s.Services) != 2 {
 		t.Fatalf("unexpected status: %s", b)
 	}
 	h := s.Hosts[0]
@@ -95,6 +98,9 @@ func TestStatusShape(t *testing.T) {
 	}
 	sv := s.Services[0]
 	if sv.Name != "backend-http" || sv.Host != "vpc-1-backend-1" || sv.URL != "http://10.20.0.10/" {
+		t.Errorf("service %+v", sv)
+	}
+	if sv := s.Services[1]; sv.Name != "web-http" || sv.Host != "web-1" || sv.URL != "http://198.19.0.10/" || sv.UDPEcho != "198.19.0.10:7" {
 		t.Errorf("service %+v", sv)
 	}
 	if c := s.Controller; c.URL != "https://198.18.0.2:8443" || c.Netns != "cw-demo-cloud" || c.PID != 200 ||
@@ -118,7 +124,9 @@ func TestStatusText(t *testing.T) {
 		"office-1   office-1  cw-demo-office-1  101",
 		"home-1     home-1    cw-demo-home-1    stopped  100.64.0.3  wan0=172.16.30.2",
 		"vpc-1-backend-1  vpc-1     cw-demo-vpc-1-backend-1  10.20.0.10",
-		"backend-http  vpc-1-backend-1  http://10.20.0.10/",
+		"backend-http  vpc-1-backend-1  http://10.20.0.10/   -              201",
+		"web-http      web-1            http://198.19.0.10/  198.19.0.10:7  202",
+		"Internet hosts: web-1",
 		"Routers and switches: inet, office-1-lan",
 		"https://198.18.0.2:8443  cw-demo-cloud  200  demo    " + testFingerprint,
 	} {

@@ -18,6 +18,8 @@ const (
 	// RoleController runs `causeway controller`, in the cloud, on the
 	// underlay.
 	RoleController = "controller"
+	// RoleServer is a machine on the Internet, outside every site.
+	RoleServer = "server"
 )
 
 // Names the lab uses inside every namespace.
@@ -137,6 +139,9 @@ type applianceSpec struct {
 	// carries the default route with the lowest metric.
 	wans []string
 	lan  []netip.Prefix
+	// gateway, if set, is the LAN interface of an appliance that is its
+	// site's Internet gateway (`--gateway`), over all its wans.
+	gateway string
 	// natted marks an appliance behind NAT: it only dials out, so it
 	// reports no endpoints at enrollment. The controller then lists it
 	// without endpoints to its peers and gives it a keepalive that keeps
@@ -152,11 +157,13 @@ type controllerSpec struct {
 	tenant string
 }
 
-// serviceSpec is a process serving HTTP on a host.
+// serviceSpec is a process serving HTTP on a host, and a UDP echo if
+// udpEcho is set.
 type serviceSpec struct {
-	name   string
-	host   string
-	listen netip.AddrPort
+	name    string
+	host    string
+	listen  netip.AddrPort
+	udpEcho netip.AddrPort
 }
 
 // topology is a whole lab: pure data, built by newTopology and acted on
@@ -190,6 +197,8 @@ var (
 	// unannouncedAddr is in no site's prefixes: traffic to it must not
 	// cross the overlay.
 	unannouncedAddr = addr("10.99.0.10")
+	// webAddr is the Internet host web-1, outside every site.
+	webAddr = addr("198.19.0.10")
 )
 
 // Route metrics of a site with two ISPs: the first uplink is preferred.
@@ -197,6 +206,9 @@ const (
 	metricPrimary   = 100
 	metricSecondary = 200
 )
+
+// webEchoPort is web-1's UDP echo port.
+const webEchoPort = 7
 
 // controllerPort is the controller's HTTPS port.
 const controllerPort = 8443
@@ -221,6 +233,7 @@ func newTopology() *topology {
 		{name: "home-1", site: "home-1", role: RoleAppliance},
 		{name: "home-1-lan", site: "home-1", role: RoleSwitch},
 		{name: "home-1-host", site: "home-1", role: RoleHost},
+		{name: "web-1", role: RoleServer},
 	}
 	for _, sw := range []string{"office-1-lan", "vpc-1-lan", "home-1-lan"} {
 		t.bridges = append(t.bridges, iface{node: sw, name: bridgeName})
@@ -245,6 +258,9 @@ func newTopology() *topology {
 			b: iface{node: "home-1-router", name: "wan0", addr: pfx("198.18.3.2/24")}, mtu: homeISPMTU},
 		{a: iface{node: "home-1-router", name: "lan0", addr: pfx("172.16.30.1/24")},
 			b: iface{node: "home-1", name: "wan0", addr: pfx("172.16.30.2/24")}},
+		// An Internet host, on a link of its own.
+		{a: iface{node: "inet", name: "web-1", addr: pfx("198.19.0.1/24")},
+			b: iface{node: "web-1", name: "eth0", addr: netip.PrefixFrom(webAddr, 24)}},
 
 		// Site LANs: every device is a port of its switch's bridge.
 		{a: iface{node: "office-1", name: "lan0", addr: pfx("10.10.0.1/24")},
@@ -279,6 +295,7 @@ func newTopology() *topology {
 		{node: "vpc-1-backend-1", dst: defaultRoute(), via: addr("10.20.0.1")},
 		{node: "vpc-1-backend-2", dst: defaultRoute(), via: addr("10.20.0.1")},
 		{node: "home-1-host", dst: defaultRoute(), via: addr("10.30.0.1")},
+		{node: "web-1", dst: defaultRoute(), via: addr("198.19.0.1")},
 	}
 	// Loose reverse-path filtering on office-1's uplinks: a reply to wan2
 	// comes from an address whose best route is via wan1, which strict
@@ -289,13 +306,14 @@ func newTopology() *topology {
 	}
 	t.nats = []nat{{node: "home-1-router", out: "wan0", src: pfx("172.16.30.0/24")}}
 	t.appliances = []applianceSpec{
-		{name: "office-1", site: "office-1", kind: "office", wans: []string{"wan1", "wan2"}, lan: []netip.Prefix{pfx("10.10.0.0/24")}},
+		{name: "office-1", site: "office-1", kind: "office", wans: []string{"wan1", "wan2"}, lan: []netip.Prefix{pfx("10.10.0.0/24")}, gateway: "lan0"},
 		{name: "vpc-1", site: "vpc-1", kind: "vpc", wans: []string{"wan0"}, lan: []netip.Prefix{pfx("10.20.0.0/24")}},
 		{name: "home-1", site: "home-1", kind: "home", wans: []string{"wan0"}, lan: []netip.Prefix{pfx("10.30.0.0/24")}, natted: true},
 	}
 	t.controller = controllerSpec{node: "cloud", listen: netip.AddrPortFrom(controllerAddr, controllerPort), tenant: "demo"}
 	t.services = []serviceSpec{
 		{name: "backend-http", host: "vpc-1-backend-1", listen: netip.AddrPortFrom(backendAddr, 80)},
+		{name: "web-http", host: "web-1", listen: netip.AddrPortFrom(webAddr, 80), udpEcho: netip.AddrPortFrom(webAddr, webEchoPort)},
 	}
 	// inet sees every packet between sites; the home router also sees the
 	// fragments inet makes towards it, before its own NAT reassembles them.

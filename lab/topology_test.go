@@ -175,6 +175,9 @@ func TestApplianceArgv(t *testing.T) {
 		if a.name == "office-1" && !strings.Contains(argv, "--uplinks wan1,wan2 --endpoints 198.18.1.2:51820,198.18.4.2:51820") {
 			t.Errorf("office-1 does not use both ISPs: %s", argv)
 		}
+		if got := strings.Contains(argv, "--gateway lan0"); got != (a.name == "office-1") {
+			t.Errorf("%s: --gateway lan0 is for office-1 only: %s", a.name, argv)
+		}
 		if strings.Contains(argv, "--token") {
 			t.Errorf("%s: the one-time token belongs in the environment, not the command line: %s", a.name, argv)
 		}
@@ -218,6 +221,9 @@ func TestApplianceConfigFromNetmap(t *testing.T) {
 		cfg.StateDir != filepath.Join(dir, "office-1") || cfg.Interface != "cw0" ||
 		len(cfg.Uplinks) != 2 || cfg.Uplinks[0].Interface != "wan1" || cfg.Uplinks[1].Interface != "wan2" || len(cfg.Peers) != 1 || cfg.Peers[0].PublicKey != k.Public() {
 		t.Errorf("config %+v", cfg)
+	}
+	if cfg.Gateway == nil || cfg.Gateway.LANInterface != "lan0" || len(cfg.Gateway.Uplinks) != 0 {
+		t.Errorf("office-1 is not the gateway of lan0 over every uplink: %+v", cfg.Gateway)
 	}
 	if l.ApplianceConfig("nosuch") != nil {
 		t.Error("a config for an appliance the lab does not have")

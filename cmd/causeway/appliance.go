@@ -32,6 +32,11 @@ later starts need no token. The appliance follows the controller over one
 long-poll and keeps the overlay running on the last netmap it applied when
 the controller is unreachable, also across its own restart.
 
+With --gateway (or "gateway" in the config file) the appliance is also the
+LAN's Internet gateway: traffic from the site's LAN prefixes to the
+Internet is NATed and balanced per flow over the uplinks whose probed
+paths are up (docs/gateway.md).
+
 From a static file (--config): SIGHUP reloads the file (peers and prefixes
 change in place; a bad file is logged and the running config kept).
 
@@ -51,6 +56,7 @@ Flags:`)
 	name := fs.String("name", envDefault("CAUSEWAY_NAME", ""), "with --controller: appliance name to ask for at enrollment (env CAUSEWAY_NAME)")
 	endpoints := fs.String("endpoints", envDefault("CAUSEWAY_ENDPOINTS", ""), "with --controller: comma-separated IP:port where peers reach this appliance; empty if it only dials out (env CAUSEWAY_ENDPOINTS)")
 	uplinks := fs.String("uplinks", envDefault("CAUSEWAY_UPLINKS", ""), "with --controller: comma-separated WAN interface names; each gets a WireGuard socket pinned to it (multipath bind); empty uses one kernel-routed socket (env CAUSEWAY_UPLINKS)")
+	gw := fs.String("gateway", envDefault("CAUSEWAY_GATEWAY", ""), "with --controller: be the Internet gateway of the LAN on this interface (e.g. lan0), over every --uplinks uplink via its default route; needs --uplinks (env CAUSEWAY_GATEWAY)")
 	iface := fs.String("interface", envDefault("CAUSEWAY_INTERFACE", appliance.DefaultInterface), "with --controller: overlay interface name (env CAUSEWAY_INTERFACE)")
 	port := fs.Uint("listen-port", appliance.DefaultListenPort, "with --controller: WireGuard UDP port (env CAUSEWAY_LISTEN_PORT)")
 	mtu := fs.Int("mtu", 0, "with --controller: overlay MTU, 0 derives it (env CAUSEWAY_MTU)")
@@ -100,9 +106,19 @@ Flags:`)
 			}
 			ups = append(ups, appliance.Uplink{Name: s, Interface: s})
 		}
+		var gateway *appliance.GatewayConfig
+		if *gw != "" {
+			if len(*gw) > 15 || strings.ContainsAny(*gw, "/ ,") {
+				return usagef("--gateway: %q is not an interface name", *gw)
+			}
+			if len(ups) == 0 {
+				return usagef("--gateway needs --uplinks: the WAN interfaces it forwards over")
+			}
+			gateway = &appliance.GatewayConfig{LANInterface: *gw}
+		}
 		return appliance.RunManaged(ctx, appliance.ManagedOptions{
 			Local: appliance.Local{StateDir: *stateDir, Interface: *iface, ListenPort: uint16(*port), MTU: *mtu,
-				HTTPListen: *httpListen, Uplinks: ups},
+				HTTPListen: *httpListen, Uplinks: ups, Gateway: gateway},
 			Controller: *controller, CAFingerprint: *caPin, Token: *token, Name: *name, Endpoints: eps,
 			Logger: log,
 		})

@@ -38,7 +38,8 @@ const labSynopsis = `lab [command] [flags]
 
 Builds a demo Causeway overlay in network namespaces on this machine (needs
 root): an Internet router, a controller in the cloud, an office on two
-ISPs, a cloud VPC with a web backend and a home network behind NAT, each
+ISPs (its appliance is also its Internet gateway), a cloud VPC with a web
+backend, a home network behind NAT and a web server on the Internet, each
 site with its own appliance, enrolled with and following the controller. Nothing is
 configured outside the namespaces, which are named cw-<instance>-<node>.
 See docs/lab.md.
@@ -159,8 +160,9 @@ func printLabUp(w io.Writer, l *lab.Lab, lf *labFlags, last string) error {
 		{"office-1-host -- curl -s " + url, "the office reaches the VPC backend"},
 		{"home-1-host -- curl -s " + url, "so does the home, from behind NAT"},
 		{"office-1-host -- curl -s -m 2 http://10.99.0.10/", "no site announces 10.99.0.0/24"},
+		{"office-1-host -- curl -s " + st.Services[1].URL, "the Internet, through office-1's gateway (NAT over wan1 and wan2)"},
 		{"office-1 -- ip route", "the overlay routes, via cw0"},
-		{"office-1 -- curl -s http://127.0.0.1:9180/metrics", "per-peer counters"},
+		{"office-1 -- curl -s http://127.0.0.1:9180/metrics", "per-peer counters, the gateway's causeway_gateway_*"},
 	} {
 		fmt.Fprintf(tw, "  causeway lab exec%s %s\t# %s\n", f, hint[0], hint[1])
 	}
@@ -532,15 +534,18 @@ under /run/netns or an absolute path). Used by the lab to start processes.
 }
 
 func runLabServeHTTP(ctx context.Context, args []string) error {
-	fs := newFlagSet("lab serve-http", `lab serve-http --listen ADDR --name NAME
+	fs := newFlagSet("lab serve-http", `lab serve-http --listen ADDR --name NAME [--udp-echo ADDR]
 
-Serves the lab's backend page until SIGTERM: GET / names the host and the
-client, GET /bytes?n=N returns N bytes, GET /healthz says ok. Logs are JSON
-on stdout. The lab starts it inside the backend's namespace.
+Serves the lab's web page until SIGTERM: GET / names the host and the
+client, GET /bytes?n=N returns N bytes, GET /healthz says ok. With
+--udp-echo it also answers every UDP datagram on ADDR with the same bytes.
+Logs are JSON on stdout. The lab starts it inside the backend's and
+web-1's namespaces.
 
 Flags:`)
 	listen := fs.String("listen", "", "IP:port to listen on (required)")
 	name := fs.String("name", "", "host name to put in the page (required)")
+	echo := fs.String("udp-echo", "", "IP:port to echo UDP on (optional)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -551,5 +556,18 @@ Flags:`)
 		return usagef("--listen and --name are required")
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stdout, nil)).With("service", *name)
-	return lab.Serve(ctx, *listen, *name, log)
+	if *echo == "" {
+		return lab.Serve(ctx, *listen, *name, log)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		err := lab.ServeUDPEcho(ctx, *echo, log)
+		cancel() // the page goes down with the echo
+		errc <- err
+	}()
+	err := lab.Serve(ctx, *listen, *name, log)
+	cancel()
+	return errors.Join(err, <-errc)
 }
