@@ -141,7 +141,8 @@ func (n *Netns) SetUp(dev string, up bool) {
 }
 
 // Veth links namespace a (interface aName, address aAddr) to namespace b
-// (bName, bAddr) and brings both ends up.
+// (bName, bAddr) and brings both ends up. An end whose prefix is the zero
+// Prefix gets no address (a bridge port, say).
 func Veth(tb testing.TB, a *Netns, aName string, aAddr netip.Prefix, b *Netns, bName string, bAddr netip.Prefix) {
 	tb.Helper()
 	v := &netlink.Veth{
@@ -152,8 +153,12 @@ func Veth(tb testing.TB, a *Netns, aName string, aAddr netip.Prefix, b *Netns, b
 	if err := a.nl.LinkAdd(v); err != nil {
 		tb.Fatalf("creating veth %s-%s: %v", aName, bName, err)
 	}
-	a.AddAddr(aName, aAddr)
-	b.AddAddr(bName, bAddr)
+	if aAddr.IsValid() {
+		a.AddAddr(aName, aAddr)
+	}
+	if bAddr.IsValid() {
+		b.AddAddr(bName, bAddr)
+	}
 	a.SetUp(aName, true)
 	b.SetUp(bName, true)
 }
