@@ -142,7 +142,7 @@ var nsCounter int
 
 // newNetns creates a named network namespace for this test and removes it
 // when the test ends.
-func newNetns(t *testing.T) string {
+func newNetns(t testing.TB) string {
 	t.Helper()
 	nsCounter++
 	name := fmt.Sprintf("cwt-%d-%d", os.Getpid(), nsCounter)
@@ -170,7 +170,7 @@ func sweepTestNetns() {
 	}
 }
 
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -221,7 +221,7 @@ func (c *child) stop(t *testing.T) {
 	}
 }
 
-func writeConfig(t *testing.T, path string, cfg *Config) {
+func writeConfig(t testing.TB, path string, cfg *Config) {
 	t.Helper()
 	b, err := json.Marshal(cfg)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -38,12 +39,32 @@ type contractServer struct {
 	refuse    atomic.Pointer[func(uint64) bool] // records refused as invalid
 }
 
-func newContractServer(t *testing.T) *contractServer {
+func newContractServer(t *testing.T) *contractServer { return newContractServerOn(t, nil) }
+
+// newContractServerOn serves on ln (nil: a new loopback listener).
+func newContractServerOn(t *testing.T, ln net.Listener) *contractServer {
 	s := &contractServer{cred: "cwd_test-credential", stored: map[uint64]UsageRecord{}, received: map[uint64]int{}}
 	s.malformed.Store("")
-	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	if ln != nil {
+		s.Server.Listener.Close()
+		s.Server.Listener = ln
+	}
+	s.Start()
 	t.Cleanup(s.Close)
 	return s
+}
+
+// records is what the server stored, by seq.
+func (s *contractServer) records() []UsageRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var recs []UsageRecord
+	for _, r := range s.stored {
+		recs = append(recs, r)
+	}
+	sortRecords(recs)
+	return recs
 }
 
 func problemJSON(w http.ResponseWriter, status int, title, detail string) {

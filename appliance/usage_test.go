@@ -1,6 +1,8 @@
 package appliance
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -105,6 +107,10 @@ func totals(recs []UsageRecord) map[usageKey]usageSum {
 		}
 	}
 	return out
+}
+
+func sortRecords(recs []UsageRecord) {
+	slices.SortFunc(recs, func(a, b UsageRecord) int { return cmp.Compare(a.Seq, b.Seq) })
 }
 
 func ov(site, dir string) usageKey { return usageKey{MeterOverlay, site, dir} }
