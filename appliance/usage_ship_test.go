@@ -14,6 +14,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/causeway-net/causeway/dataplane"
 )
 
 // contractServer implements the controller's side of POST
@@ -265,15 +269,17 @@ func TestUsageShipOutage(t *testing.T) {
 	p := startPipeline(t, dir, send, 20*time.Millisecond)
 	var sent uint64
 	k1, k2 := testKey(t), testKey(t)
-	traffic := func(d time.Duration) {
-		for end := time.Now().Add(d); time.Now().Before(end); {
+	// traffic counts for at least d and until cond holds (10 s at most).
+	traffic := func(d time.Duration, cond func() bool) {
+		min, end := time.Now().Add(d), time.Now().Add(10*time.Second)
+		for time.Now().Before(min) || (!cond() && time.Now().Before(end)) {
 			p.dev.add(k1, "st_b", 1400, 60)
 			p.dev.add(k2, "st_c", 0, 900)
 			sent += 1400 + 60 + 900
 			time.Sleep(3 * time.Millisecond)
 		}
 	}
-	traffic(300 * time.Millisecond)
+	traffic(300*time.Millisecond, func() bool { return p.u.spool.stats().Records >= 5 })
 	st := p.u.spool.stats()
 	if st.Records < 5 {
 		t.Fatalf("controller down: %d records spooled, want several", st.Records)
@@ -287,7 +293,7 @@ func TestUsageShipOutage(t *testing.T) {
 	// Answers lost: the controller stores, the appliance resends.
 	srv.down.Store(false)
 	srv.loseReply.Store(true)
-	traffic(200 * time.Millisecond)
+	traffic(200*time.Millisecond, func() bool { _, seqs := srv.ledger(); return len(seqs) > 0 })
 	// The appliance restarts (graceful: a final record), with records
 	// still unacknowledged.
 	p.u.close()
@@ -300,7 +306,7 @@ func TestUsageShipOutage(t *testing.T) {
 		t.Errorf("restart: %d records in the spool, want %d", got, left)
 	}
 	srv.loseReply.Store(false)
-	traffic(200 * time.Millisecond)
+	traffic(200*time.Millisecond, func() bool { return true })
 	p.u.close()
 	// The final record is in the spool; one more start ships it.
 	p = startPipeline(t, dir, send, 20*time.Millisecond)
@@ -452,5 +458,58 @@ func TestUsageShipErrors(t *testing.T) {
 				t.Errorf("ledger %v", seqs)
 			}
 		})
+	}
+}
+
+// TestUsageMetrics: the pipeline's series, as a running appliance serves
+// them (through its extra collectors), with the figures they must show.
+func TestUsageMetrics(t *testing.T) {
+	srv := newContractServer(t)
+	srv.down.Store(true)
+	p := startPipeline(t, t.TempDir(), srv.client(t).ReportUsage, 20*time.Millisecond)
+	defer p.u.close()
+	p.dev.add(testKey(t), "st_b", 4000, 1000)
+	p.u.meter.setGateway(func() (dataplane.Counters, bool) { return dataplane.Counters{TxBytes: 70, TxPackets: 1}, true })
+	if !waitFor(3*time.Second, func() bool { return p.u.spool.stats().Records >= 1 && p.u.ship.errored.Load() > 0 }) {
+		t.Fatal("no record spooled and failed to send")
+	}
+	time.Sleep(30 * time.Millisecond)
+	reg := prometheus.NewRegistry()
+	var extra extraCollectors
+	extra.cs = append(extra.cs, p.u)
+	reg.MustRegister(&extra)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			name := mf.GetName()
+			for _, l := range m.GetLabel() {
+				name += "," + l.GetName() + "=" + l.GetValue()
+			}
+			got[name] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	for name, want := range map[string]float64{
+		"causeway_usage_bytes_total,direction=tx,meter=overlay":   4000,
+		"causeway_usage_bytes_total,direction=rx,meter=overlay":   1000,
+		"causeway_usage_bytes_total,direction=tx,meter=gateway":   70,
+		"causeway_usage_packets_total,direction=tx,meter=gateway": 1,
+		"causeway_usage_bytes_total,direction=rx,meter=gateway":   0,
+		"causeway_usage_shipped_total,result=acked":               0,
+		"causeway_usage_shipped_total,result=refused":             0,
+		"causeway_usage_dropped_total":                            0,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (%v), want %v", name, v, ok, want)
+		}
+	}
+	if got["causeway_usage_spool_records"] < 1 || got["causeway_usage_records_total"] < 1 || got["causeway_usage_shipped_total,result=failed"] < 1 {
+		t.Errorf("spool/records/failed: %v", got)
+	}
+	if age := got["causeway_usage_spool_oldest_age_seconds"]; age <= 0 || age > 5 {
+		t.Errorf("oldest age %v", age)
 	}
 }
