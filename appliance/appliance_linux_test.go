@@ -188,11 +188,17 @@ type child struct {
 
 // startChild runs the appliance from cfg inside ns and waits for "ready".
 func startChild(t *testing.T, ns string, cfg *Config) (*child, error) {
+	return spawnChild(t, ns, cfg, childEnv)
+}
+
+// spawnChild runs this test binary inside ns with env set to a file
+// holding cfg (and extra in its environment), and waits for "ready".
+func spawnChild(t testing.TB, ns string, cfg *Config, env string, extra ...string) (*child, error) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.json")
 	writeConfig(t, path, cfg)
 	c := &child{config: path, cmd: exec.Command("ip", "netns", "exec", ns, os.Args[0])}
-	c.cmd.Env = append(os.Environ(), childEnv+"="+path)
+	c.cmd.Env = append(append(os.Environ(), env+"="+path), extra...)
 	c.cmd.Stderr = &c.stderr
 	out, _ := c.cmd.StdoutPipe()
 	c.stdout = bufio.NewReader(out)
@@ -213,7 +219,7 @@ func startChild(t *testing.T, ns string, cfg *Config) (*child, error) {
 	return c, nil
 }
 
-func (c *child) stop(t *testing.T) {
+func (c *child) stop(t testing.TB) {
 	t.Helper()
 	c.cmd.Process.Signal(syscall.SIGTERM)
 	if err := c.cmd.Wait(); err != nil {

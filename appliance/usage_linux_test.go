@@ -1,13 +1,11 @@
 package appliance
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -128,58 +126,27 @@ func runUsageChild(path string) int {
 	return 0
 }
 
-type usageChild struct {
-	cmd    *exec.Cmd
-	out    *bufio.Reader
-	stderr strings.Builder
-}
-
-func startUsageChild(t testing.TB, ns string, cfg *Config, url string, interval time.Duration) *usageChild {
+func startUsageChild(t testing.TB, ns string, cfg *Config, url string, interval time.Duration) *child {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "config.json")
-	writeConfig(t, path, cfg)
-	c := &usageChild{cmd: exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^$")}
-	c.cmd.Env = append(os.Environ(), usageChildEnv+"="+path, usageURLEnv+"="+url, usageIntervalEnv+"="+interval.String())
-	c.cmd.Stderr = &c.stderr
-	out, _ := c.cmd.StdoutPipe()
-	c.out = bufio.NewReader(out)
-	if err := c.cmd.Start(); err != nil {
+	c, err := spawnChild(t, ns, cfg, usageChildEnv, usageURLEnv+"="+url, usageIntervalEnv+"="+interval.String())
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if c.cmd.ProcessState == nil {
-			c.cmd.Process.Kill()
-			c.cmd.Wait()
-		}
-	})
-	c.expect(t, "ready")
 	return c
 }
 
-// signal sends s and waits for the child's answer line, which it returns.
-func (c *usageChild) signal(t testing.TB, s syscall.Signal, want string) string {
+// signal sends s to the child and waits for its answer line, which it
+// returns.
+func (c *child) signal(t testing.TB, s syscall.Signal, want string) string {
 	t.Helper()
 	c.cmd.Process.Signal(s)
-	return c.expect(t, want)
-}
-
-func (c *usageChild) expect(t testing.TB, want string) string {
-	t.Helper()
-	line, err := c.out.ReadString('\n')
+	line, err := c.stdout.ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, want) {
 		c.cmd.Process.Kill()
 		c.cmd.Wait()
 		t.Fatalf("child: got %q (%v), want %q\n%s", line, err, want, c.stderr.String())
 	}
 	return strings.TrimSpace(line)
-}
-
-func (c *usageChild) stop(t testing.TB) {
-	t.Helper()
-	c.cmd.Process.Signal(syscall.SIGTERM)
-	if err := c.cmd.Wait(); err != nil {
-		t.Fatalf("child exit: %v\n%s", err, c.stderr.String())
-	}
 }
 
 // usageSites are two sites joined by a veth underlay (198.18.21.0/24).

@@ -30,14 +30,7 @@ func TestSnapshotKeepsRemovedPeers(t *testing.T) {
 // the data path adds to bounce between the cores). Each iteration
 // measures all three; the figures are medians.
 func BenchmarkCountWhileRead(b *testing.B) {
-	ct := newCountingTUN(tuntest.NewChannelTUN().TUN())
-	var peers []Peer
-	for i := range 50 {
-		peers = append(peers, Peer{PublicKey: mustKey(b), AllowedIPs: []netip.Prefix{
-			netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16),
-		}})
-	}
-	ct.setPeers(peers)
+	ct := benchTUN(b)
 	bufs := make([][]byte, 64)
 	sizes := make([]int, 64)
 	for i := range bufs {
