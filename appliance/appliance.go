@@ -44,6 +44,10 @@ type Appliance struct {
 
 	mu  sync.Mutex // guards cfg
 	cfg *Config
+	// sites is the metered site of every peer key configured (usage.go).
+	sites peerSites
+	// metrics are further collectors served on /metrics (http.go).
+	metrics extraCollectors
 
 	// undo holds what Start changed outside the device, newest last.
 	undo []func() error
@@ -116,6 +120,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 		return nil, err
 	}
 	a.undo = append(a.undo, a.dev.Close)
+	a.sites.note(cfg)
 	a.follow.bind(a.dev, a.paths)
 	if err := a.follow.apply(cfg); err != nil {
 		return nil, err
@@ -199,6 +204,7 @@ func (a *Appliance) Apply(cfg *Config) error {
 	if len(errs) > 0 {
 		return &ConfigError{Errs: errs}
 	}
+	a.sites.note(cfg)
 	if err := a.follow.apply(cfg); err != nil {
 		return err
 	}

@@ -142,7 +142,7 @@ var nsCounter int
 
 // newNetns creates a named network namespace for this test and removes it
 // when the test ends.
-func newNetns(t *testing.T) string {
+func newNetns(t testing.TB) string {
 	t.Helper()
 	nsCounter++
 	name := fmt.Sprintf("cwt-%d-%d", os.Getpid(), nsCounter)
@@ -170,7 +170,7 @@ func sweepTestNetns() {
 	}
 }
 
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -188,11 +188,17 @@ type child struct {
 
 // startChild runs the appliance from cfg inside ns and waits for "ready".
 func startChild(t *testing.T, ns string, cfg *Config) (*child, error) {
+	return spawnChild(t, ns, cfg, childEnv)
+}
+
+// spawnChild runs this test binary inside ns with env set to a file
+// holding cfg (and extra in its environment), and waits for "ready".
+func spawnChild(t testing.TB, ns string, cfg *Config, env string, extra ...string) (*child, error) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.json")
 	writeConfig(t, path, cfg)
 	c := &child{config: path, cmd: exec.Command("ip", "netns", "exec", ns, os.Args[0])}
-	c.cmd.Env = append(os.Environ(), childEnv+"="+path)
+	c.cmd.Env = append(append(os.Environ(), env+"="+path), extra...)
 	c.cmd.Stderr = &c.stderr
 	out, _ := c.cmd.StdoutPipe()
 	c.stdout = bufio.NewReader(out)
@@ -213,7 +219,7 @@ func startChild(t *testing.T, ns string, cfg *Config) (*child, error) {
 	return c, nil
 }
 
-func (c *child) stop(t *testing.T) {
+func (c *child) stop(t testing.TB) {
 	t.Helper()
 	c.cmd.Process.Signal(syscall.SIGTERM)
 	if err := c.cmd.Wait(); err != nil {
@@ -221,7 +227,7 @@ func (c *child) stop(t *testing.T) {
 	}
 }
 
-func writeConfig(t *testing.T, path string, cfg *Config) {
+func writeConfig(t testing.TB, path string, cfg *Config) {
 	t.Helper()
 	b, err := json.Marshal(cfg)
 	if err != nil {

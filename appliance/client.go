@@ -318,6 +318,37 @@ type ReportResult struct {
 // same points again is harmless: the controller stores each once.
 func (c *Client) ReportPaths(ctx context.Context, pts []PathPoint) (ReportResult, error) {
 	var res ReportResult
-	err := c.postJSON(ctx, "/api/v1/paths/report", map[string]any{"points": pts}, &res)
+	err := c.postDevice(ctx, "/api/v1/paths/report", map[string]any{"points": pts}, &res)
 	return res, err
+}
+
+// maxAnswer bounds the answer to a report that postDevice decodes.
+const maxAnswer = 1 << 20
+
+// postDevice POSTs body as JSON to path with the device credential and
+// decodes a 200 answer into out. Any other status is an *APIError; an
+// answer that is not JSON of out's shape is an error too.
+func (c *Client) postDevice(ctx context.Context, path string, body, out any) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base.JoinPath(path).String(), bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cred)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return apiError(resp)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswer)).Decode(out); err != nil {
+		return fmt.Errorf("bad answer from %s: %w", path, err)
+	}
+	return nil
 }

@@ -150,7 +150,8 @@ func TestClientEnrollAndSync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Name != "office-1" || len(cfg.Peers) != 1 || cfg.Interface != DefaultInterface || cfg.ListenPort != DefaultListenPort {
+	if cfg.Name != "office-1" || len(cfg.Peers) != 1 || cfg.Interface != DefaultInterface || cfg.ListenPort != DefaultListenPort ||
+		cfg.Peers[0].Site == "" || cfg.Peers[0].Site != got.Peers[0].Site {
 		t.Errorf("config %+v", cfg)
 	}
 	if err := SaveNetmap(dir, got); err != nil {

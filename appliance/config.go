@@ -87,7 +87,11 @@ type Uplink struct {
 
 // PeerConfig is one remote appliance.
 type PeerConfig struct {
-	Name        string
+	Name string
+	// Site is the id of the peer's site, which its traffic is metered
+	// against; empty means the peer's Name (a static config file that
+	// does not say).
+	Site        string
 	PublicKey   wgkey.PublicKey
 	OverlayAddr netip.Addr
 	// Endpoints are the peer's underlay addresses. A peer without endpoints
@@ -105,6 +109,15 @@ type PeerConfig struct {
 	// two announce the same prefixes, which go to one of them (see
 	// follow.go).
 	Pair *PairMember
+}
+
+// MeterSite is the site the peer's traffic is metered against: Site, or
+// the peer's name when the config does not say.
+func (p PeerConfig) MeterSite() string {
+	if p.Site != "" {
+		return p.Site
+	}
+	return p.Name
 }
 
 // PathSLA is the SLA the paths to p must meet under c.
@@ -166,6 +179,7 @@ type fileUplink struct {
 
 type filePeer struct {
 	Name        string          `json:"name"`
+	Site        string          `json:"site,omitempty"`
 	PublicKey   string          `json:"public_key"`
 	OverlayAddr string          `json:"overlay_addr"`
 	Endpoints   []string        `json:"endpoints"`
@@ -289,6 +303,7 @@ func (v *validator) fail(field, format string, args ...any) {
 
 var (
 	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	siteRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 	ifaceRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 )
 
@@ -425,13 +440,16 @@ func (v *validator) config(fc *fileConfig) *Config {
 	for i := range fc.Peers {
 		fp := &fc.Peers[i]
 		base := fmt.Sprintf("peers[%d]", i)
-		p := PeerConfig{Name: fp.Name}
+		p := PeerConfig{Name: fp.Name, Site: fp.Site}
 		if !nameRE.MatchString(fp.Name) {
 			v.fail(base+".name", "want 1-63 lower-case letters, digits and '-', got %q", fp.Name)
 		} else if prev, dup := names[fp.Name]; dup {
 			v.fail(base+".name", "%q is also the name of %s", fp.Name, prev)
 		} else {
 			names[fp.Name] = base
+		}
+		if fp.Site != "" && !siteRE.MatchString(fp.Site) {
+			v.fail(base+".site", "want a site id of 1-64 letters, digits, '_', '.' or '-', got %q", fp.Site)
 		}
 		if fp.PublicKey == "" {
 			v.fail(base+".public_key", "required")
@@ -613,7 +631,7 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 		fc.LANPrefixes = append(fc.LANPrefixes, p.String())
 	}
 	for _, p := range c.Peers {
-		fp := filePeer{Name: p.Name, PublicKey: p.PublicKey.String(), OverlayAddr: p.OverlayAddr.String()}
+		fp := filePeer{Name: p.Name, Site: p.Site, PublicKey: p.PublicKey.String(), OverlayAddr: p.OverlayAddr.String()}
 		for _, e := range p.Endpoints {
 			fp.Endpoints = append(fp.Endpoints, e.String())
 		}

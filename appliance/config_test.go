@@ -32,7 +32,7 @@ const validConfig = `{
   "probe_interval": "100ms",
   "sla": {"max_loss_percent": 2, "max_rtt": "150ms", "max_jitter": "30ms"},
   "peers": [
-    {"name": "vpc-1", "public_key": "` + keyA + `", "overlay_addr": "100.64.0.2",
+    {"name": "vpc-1", "site": "st_vpc", "public_key": "` + keyA + `", "overlay_addr": "100.64.0.2",
      "endpoints": ["198.18.2.2:51820"], "prefixes": ["10.20.0.0/24"], "keepalive": "25s",
      "sla": {"max_loss_percent": 0.5}},
     {"name": "home-1", "public_key": "` + keyB + `", "overlay_addr": "100.64.0.3",
@@ -63,6 +63,9 @@ func TestParseConfigValid(t *testing.T) {
 	}
 	if got := c.PathSLA(c.Peers[0]); got != (probes.SLA{MaxLossPercent: 0.5}) {
 		t.Errorf("peers[0] sla (an override, not merged): %+v", got)
+	}
+	if c.Peers[0].MeterSite() != "st_vpc" || c.Peers[1].MeterSite() != "home-1" {
+		t.Errorf("metered sites %q, %q: want the site id, else the peer's name", c.Peers[0].MeterSite(), c.Peers[1].MeterSite())
 	}
 	got := c.Peers[0].AllowedPrefixes()
 	if len(got) != 2 || got[0].String() != "100.64.0.2/32" || got[1].String() != "10.20.0.0/24" {
@@ -117,6 +120,7 @@ func TestParseConfigErrorsNameTheField(t *testing.T) {
 		{"zero port", `"198.18.2.2:51820"`, `"198.18.2.2:0"`, "peers[0].endpoints[0]", "port 0"},
 		{"overlapping prefixes", `"10.30.0.0/24"`, `"10.20.0.0/16"`, "peers[1].prefixes[0]", "overlaps 10.20.0.0/24 (peers[0].prefixes[0])"},
 		{"keepalive", `"25s"`, `"25"`, "peers[0].keepalive", "duration"},
+		{"site", `"st_vpc"`, `"st vpc"`, "peers[0].site", "site id"},
 		{"keepalive fraction", `"25s"`, `"1.5s"`, "peers[0].keepalive", "whole seconds"},
 		{"dup peer name", `"name": "home-1"`, `"name": "vpc-1"`, "peers[1].name", "also the name of peers[0]"},
 		{"unknown field", `"name": "office-1",`, `"name": "office-1", "listen": 1,`, "listen", "unknown field"},

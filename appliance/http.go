@@ -3,6 +3,8 @@ package appliance
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -16,7 +18,7 @@ import (
 func (a *Appliance) handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(&peerCollector{a: a}, &followCollector{f: a.follow})
+	reg.MustRegister(&peerCollector{a: a}, &followCollector{f: a.follow}, &a.metrics)
 	if a.paths != nil {
 		reg.MustRegister(&pathCollector{p: a.paths})
 	}
@@ -34,6 +36,32 @@ func (a *Appliance) handler() http.Handler {
 	mux.HandleFunc("GET /readyz", health)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// extraCollectors are collectors added to a running appliance's /metrics
+// (AddMetrics), such as those of the usage meter, which outlives the
+// appliance. It is an unchecked collector: it describes nothing up front.
+type extraCollectors struct {
+	mu sync.Mutex
+	cs []prometheus.Collector
+}
+
+func (e *extraCollectors) Describe(chan<- *prometheus.Desc) {}
+
+func (e *extraCollectors) Collect(ch chan<- prometheus.Metric) {
+	e.mu.Lock()
+	cs := slices.Clone(e.cs)
+	e.mu.Unlock()
+	for _, c := range cs {
+		c.Collect(ch)
+	}
+}
+
+// AddMetrics serves c's metrics on the appliance's /metrics too.
+func (a *Appliance) AddMetrics(c prometheus.Collector) {
+	a.metrics.mu.Lock()
+	a.metrics.cs = append(a.metrics.cs, c)
+	a.metrics.mu.Unlock()
 }
 
 var (

@@ -33,7 +33,13 @@ type ManagedOptions struct {
 	SyncWait time.Duration
 	// MaxBackoff caps the retry delay after a failed sync; 0 means 30 s.
 	MaxBackoff time.Duration
-	Logger     *slog.Logger
+	// UsageInterval is how often a usage record is cut; 0 means
+	// UsageInterval (10 s).
+	UsageInterval time.Duration
+	// UsageSpoolBytes bounds the usage spool in the state directory; 0
+	// means DefaultUsageSpoolBytes.
+	UsageSpoolBytes int64
+	Logger          *slog.Logger
 }
 
 // RunManaged runs a controller-managed appliance until ctx ends: it
@@ -96,15 +102,20 @@ func RunManaged(ctx context.Context, o ManagedOptions) (err error) {
 	} else if first != nil {
 		log.Info("starting from the saved netmap", "version", first.Version)
 	}
+	c, err := NewClient(ClientOptions{Controller: enr.Controller, CAFingerprint: enr.CAFingerprint, Credential: enr.Credential})
+	if err != nil {
+		return err
+	}
+	// Usage metering (usage*.go): running before the first appliance, so
+	// that it meters each one from its start; closed after the last.
+	if m.usage, err = startUsage(usageOptions{StateDir: o.Local.StateDir, Send: c.ReportUsage,
+		Interval: o.UsageInterval, SpoolBytes: o.UsageSpoolBytes, Logger: log}); err != nil {
+		return err
+	}
 	if first != nil {
 		if err := m.apply(first); err != nil {
 			return err
 		}
-	}
-
-	c, err := NewClient(ClientOptions{Controller: enr.Controller, CAFingerprint: enr.CAFingerprint, Credential: enr.Credential})
-	if err != nil {
-		return err
 	}
 	// Path history: the prober's aggregates go to the controller every
 	// ReportInterval, from a goroutine of their own (joined before the
@@ -172,6 +183,7 @@ type managed struct {
 	local Local
 	mu    sync.Mutex // guards a, which the path reporter reads
 	a     *Appliance
+	usage *usage // nil until RunManaged starts it
 }
 
 // running returns the running appliance, nil before the first netmap.
@@ -181,11 +193,23 @@ func (m *managed) running() *Appliance {
 	return m.a
 }
 
-// setRunning records the running appliance.
+// setRunning records the running appliance and meters it.
 func (m *managed) setRunning(a *Appliance) {
 	m.mu.Lock()
 	m.a = a
 	m.mu.Unlock()
+	if m.usage != nil {
+		m.usage.attach(a)
+	}
+}
+
+// setGatewayCounters installs the Internet-gateway meter when the
+// appliance becomes its site's gateway, once per gateway instance (its
+// counters start at 0); nil when it stops being the gateway.
+func (m *managed) setGatewayCounters(f GatewayCounters) {
+	if m.usage != nil {
+		m.usage.meter.setGateway(f)
+	}
 }
 
 // pathAggregates is the path reporter's source: the aggregates of the
@@ -233,11 +257,17 @@ func (m *managed) apply(nm *netmap.Netmap) error {
 	return nil
 }
 
+// close stops the appliance, then metering, whose final record then
+// holds everything the appliance counted.
 func (m *managed) close() error {
-	if m.a == nil {
-		return nil
+	var err error
+	if m.a != nil {
+		err = m.a.Close()
 	}
-	return m.a.Close()
+	if m.usage != nil {
+		err = errors.Join(err, m.usage.close())
+	}
+	return err
 }
 
 // backoff is exponential from 250 ms with full jitter, capped at max.

@@ -57,7 +57,7 @@ func ConfigFromNetmap(l Local, nm *netmap.Netmap) (*Config, error) {
 	}
 	for _, p := range nm.Peers {
 		pc := PeerConfig{
-			Name: p.Name, PublicKey: p.PublicKey, OverlayAddr: p.OverlayAddr,
+			Name: p.Name, Site: p.Site, PublicKey: p.PublicKey, OverlayAddr: p.OverlayAddr,
 			Endpoints: p.Endpoints, Prefixes: p.Prefixes, Keepalive: p.Keepalive,
 		}
 		if p.Pair != nil {

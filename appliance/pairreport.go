@@ -1,11 +1,7 @@
 package appliance
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"io"
-	"net/http"
 	"time"
 )
 
@@ -42,30 +38,6 @@ type PairReportResult struct {
 // credential.
 func (c *Client) ReportPair(ctx context.Context, r PairReport) (PairReportResult, error) {
 	var res PairReportResult
-	err := c.postJSON(ctx, "/api/v1/pair/report", r, &res)
+	err := c.postDevice(ctx, "/api/v1/pair/report", r, &res)
 	return res, err
-}
-
-// postJSON posts body with the device credential and decodes a 200
-// answer into out.
-func (c *Client) postJSON(ctx context.Context, path string, body, out any) error {
-	b, err := json.Marshal(body)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base.JoinPath(path).String(), bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.cred)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return apiError(resp)
-	}
-	return json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(out)
 }

@@ -23,7 +23,7 @@ import (
 
 // inNetns runs fn on a locked OS thread inside the named namespace.
 // Sockets fn creates stay in that namespace.
-func inNetns(t *testing.T, name string, fn func() error) {
+func inNetns(t testing.TB, name string, fn func() error) {
 	t.Helper()
 	err := func() error {
 		h, err := netns.GetFromName(name)

@@ -202,6 +202,19 @@ func (t *countingTUN) setPeers(peers []Peer) {
 	t.table.Store(newPrefixTable(routes))
 }
 
+// snapshot returns the counters of every peer the TUN has ever counted
+// for. It holds only the reconfiguration lock, which the data path never
+// takes, and loads atomics.
+func (t *countingTUN) snapshot() map[wgkey.PublicKey]Counters {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[wgkey.PublicKey]Counters, len(t.byKey))
+	for k, c := range t.byKey {
+		out[k] = c.load()
+	}
+	return out
+}
+
 func (t *countingTUN) counters(k wgkey.PublicKey) Counters {
 	t.mu.Lock()
 	c := t.byKey[k]

@@ -159,7 +159,9 @@ func TestCountingTUNAttributesPackets(t *testing.T) {
 	}
 }
 
-func BenchmarkCount(b *testing.B) {
+// benchTUN is a counting TUN with 50 peers: 10.<i>.0.0/16 and
+// 100.64.0.<i>/32 for peer i.
+func benchTUN(b *testing.B) *countingTUN {
 	ct := newCountingTUN(tuntest.NewChannelTUN().TUN())
 	var peers []Peer
 	for i := range 50 {
@@ -169,6 +171,11 @@ func BenchmarkCount(b *testing.B) {
 		}})
 	}
 	ct.setPeers(peers)
+	return ct
+}
+
+func BenchmarkCount(b *testing.B) {
+	ct := benchTUN(b)
 	bufs := make([][]byte, 64)
 	sizes := make([]int, 64)
 	for i := range bufs {

@@ -291,6 +291,14 @@ func (d *Device) Rehandshake(key wgkey.PublicKey) error {
 	return p.SendHandshakeInitiation(false)
 }
 
+// InnerCounters returns the inner counters of every peer this device has
+// had, by key; a removed peer keeps its last values. Unlike Stats it does
+// not go through WireGuard (no UAPI, none of its locks): it loads the
+// counting TUN's atomics, so a reader at any rate costs the data path
+// nothing but the cache lines it reads. The counters stay readable after
+// Close, so a final reading takes everything the device counted.
+func (d *Device) InnerCounters() map[wgkey.PublicKey]Counters { return d.tun.snapshot() }
+
 // Offloads reports whether the TUN runs with segmentation offloads (TSO/
 // GRO through virtio headers), which lets it move many packets per call.
 func (d *Device) Offloads() bool { return d.tun.BatchSize() > 1 }

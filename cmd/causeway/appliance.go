@@ -30,7 +30,10 @@ Managed by a controller (--controller): the first start enrolls with the
 one-time --token and keeps the device credential in the state directory;
 later starts need no token. The appliance follows the controller over one
 long-poll and keeps the overlay running on the last netmap it applied when
-the controller is unreachable, also across its own restart.
+the controller is unreachable, also across its own restart. It meters the
+traffic it carries per peer site (and as the site's Internet gateway) in
+usage records every --usage-interval, spooled in the state directory and
+sent to the controller (docs/usage-spool.md).
 
 With --gateway (or "gateway" in the config file) the appliance is also the
 LAN's Internet gateway: traffic from the site's LAN prefixes to the
@@ -61,8 +64,11 @@ Flags:`)
 	port := fs.Uint("listen-port", appliance.DefaultListenPort, "with --controller: WireGuard UDP port (env CAUSEWAY_LISTEN_PORT)")
 	mtu := fs.Int("mtu", 0, "with --controller: overlay MTU, 0 derives it (env CAUSEWAY_MTU)")
 	httpListen := fs.String("http-listen", envDefault("CAUSEWAY_HTTP_LISTEN", appliance.DefaultHTTPListen), "with --controller: address for /healthz and /metrics, empty disables (env CAUSEWAY_HTTP_LISTEN)")
+	usageInterval := fs.Duration("usage-interval", appliance.UsageInterval, "with --controller: how often a usage record is cut, 1s-1h; records never cross an hour boundary (env CAUSEWAY_USAGE_INTERVAL)")
+	usageSpool := fs.Int64("usage-spool-max", appliance.DefaultUsageSpoolBytes, "with --controller: bound of the usage spool in the state directory, in bytes (env CAUSEWAY_USAGE_SPOOL_MAX)")
 	logLevel := fs.String("log-level", envDefault("CAUSEWAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CAUSEWAY_LOG_LEVEL)")
-	if err := flagsFromEnv(fs, map[string]string{"listen-port": "CAUSEWAY_LISTEN_PORT", "mtu": "CAUSEWAY_MTU"}); err != nil {
+	if err := flagsFromEnv(fs, map[string]string{"listen-port": "CAUSEWAY_LISTEN_PORT", "mtu": "CAUSEWAY_MTU",
+		"usage-interval": "CAUSEWAY_USAGE_INTERVAL", "usage-spool-max": "CAUSEWAY_USAGE_SPOOL_MAX"}); err != nil {
 		return err
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -84,6 +90,12 @@ Flags:`)
 	if *controller != "" {
 		if *port == 0 || *port > 65535 {
 			return usagef("--listen-port: want 1-65535, got %d", *port)
+		}
+		if *usageInterval < appliance.MinUsageInterval || *usageInterval > appliance.MaxUsageInterval {
+			return usagef("--usage-interval: want %v to %v, got %v", appliance.MinUsageInterval, appliance.MaxUsageInterval, *usageInterval)
+		}
+		if *usageSpool < appliance.MinUsageSpoolBytes {
+			return usagef("--usage-spool-max: want at least %d bytes, got %d", appliance.MinUsageSpoolBytes, *usageSpool)
 		}
 		var eps []netip.AddrPort
 		for _, s := range strings.Split(*endpoints, ",") {
@@ -120,7 +132,7 @@ Flags:`)
 			Local: appliance.Local{StateDir: *stateDir, Interface: *iface, ListenPort: uint16(*port), MTU: *mtu,
 				HTTPListen: *httpListen, Uplinks: ups, Gateway: gateway},
 			Controller: *controller, CAFingerprint: *caPin, Token: *token, Name: *name, Endpoints: eps,
-			Logger: log,
+			UsageInterval: *usageInterval, UsageSpoolBytes: *usageSpool, Logger: log,
 		})
 	}
 	cfg, err := appliance.LoadConfig(*configPath)
