@@ -201,6 +201,12 @@ func (m *managed) setRunning(a *Appliance) {
 	if m.usage != nil {
 		m.usage.attach(a)
 	}
+	// Each Start makes a gateway of its own, with counters from 0.
+	if a.gw != nil {
+		m.setGatewayCounters(a.GatewayCounters)
+	} else {
+		m.setGatewayCounters(nil)
+	}
 }
 
 // setGatewayCounters installs the Internet-gateway meter when the
