@@ -356,25 +356,31 @@ func (t *Tx) OutboxStats(ctx context.Context) (OutboxStats, error) {
 	return s, mapErr(err)
 }
 
-// BillingCustomers returns the billing customer of each of the tenants
-// that exist among ids ("" for one without).
-func (t *Tx) BillingCustomers(ctx context.Context, ids []string) (map[string]string, error) {
-	out := map[string]string{}
+// TenantBilling is what the export needs of a tenant.
+type TenantBilling struct {
+	Name, Customer string
+}
+
+// BillingCustomers returns the name and billing customer of each of the
+// tenants that exist among ids (Customer "" for one without).
+func (t *Tx) BillingCustomers(ctx context.Context, ids []string) (map[string]TenantBilling, error) {
+	out := map[string]TenantBilling{}
 	if len(ids) == 0 {
 		return out, nil
 	}
 	ph, args := inList(1, ids)
-	rows, err := t.query(ctx, "SELECT id, billing_customer FROM tenants WHERE id IN ("+ph+")", args...)
+	rows, err := t.query(ctx, "SELECT id, name, billing_customer FROM tenants WHERE id IN ("+ph+")", args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var id, c string
-		if err := rows.Scan(&id, &c); err != nil {
+		var id string
+		var b TenantBilling
+		if err := rows.Scan(&id, &b.Name, &b.Customer); err != nil {
 			return nil, err
 		}
-		out[id] = c
+		out[id] = b
 	}
 	return out, mapErr(rows.Err())
 }

@@ -232,10 +232,10 @@ func TestOutbox(t *testing.T) {
 
 		// Billing customers.
 		mustWrite(t, s, func(tx *store.Tx) error { return tx.UpdateTenantBillingCustomer(ctx, "tn_1", "cus_42") })
-		cs := read(t, s, func(tx *store.Tx) (map[string]string, error) {
+		cs := read(t, s, func(tx *store.Tx) (map[string]store.TenantBilling, error) {
 			return tx.BillingCustomers(ctx, []string{"tn_1", "tn_2", "tn_gone"})
 		})
-		if len(cs) != 2 || cs["tn_1"] != "cus_42" || cs["tn_2"] != "" {
+		if len(cs) != 2 || cs["tn_1"] != (store.TenantBilling{Name: "1t", Customer: "cus_42"}) || cs["tn_2"].Customer != "" {
 			t.Errorf("billing customers %v", cs)
 		}
 		if tn := read(t, s, func(tx *store.Tx) (*store.Tenant, error) { return tx.TenantByID(ctx, "tn_1") }); tn.BillingCustomer != "cus_42" {
