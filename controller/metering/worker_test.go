@@ -41,7 +41,7 @@ func must[T any](t testing.TB) func(T, error) T {
 // env is a controller state with one tenant (acme, billed to cus_acme)
 // of two sites, an appliance at hq reporting usage, and a meter sink.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	dsn   string
 	s     *state.State
 	dev   *state.Device
@@ -53,7 +53,7 @@ type env struct {
 	sinkH http.Handler
 }
 
-func newEnv(t *testing.T, dsn string) *env {
+func newEnv(t testing.TB, dsn string) *env {
 	t.Helper()
 	e := &env{t: t, dsn: dsn}
 	e.s = e.replica()
@@ -185,7 +185,7 @@ func (w *worker) Stop() error { w.cancel(); return w.Wait() }
 func (w *worker) Wait() error { <-w.done; return w.err }
 
 // run starts a worker until the test ends.
-func run(t *testing.T, ob metering.Outbox, cfg metering.Config) *worker {
+func run(t testing.TB, ob metering.Outbox, cfg metering.Config) *worker {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -629,4 +629,26 @@ func TestParseMeters(t *testing.T) {
 			t.Errorf("New accepted %+v", cfg)
 		}
 	}
+}
+
+// BenchmarkExport measures the export into the meter sink (SQLite with
+// synchronous writes on both sides), batches of 100: events per second.
+func BenchmarkExport(b *testing.B) {
+	e := newEnv(b, storetest.SQLiteDSN(b))
+	srv := httptest.NewServer(e.sinkH)
+	defer srv.Close()
+	for range b.N {
+		e.report(500) // 9 events: 3 hours x the 3 meters that carry bytes
+	}
+	q := e.queue()
+	b.ResetTimer()
+	start := time.Now()
+	cfg := fastConfig(srv.URL)
+	cfg.BatchSize = 100
+	w := run(b, e.s, cfg)
+	for e.queue().Pending > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	w.Stop()
+	b.ReportMetric(float64(q.Pending)/time.Since(start).Seconds(), "events/s")
 }

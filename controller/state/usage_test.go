@@ -9,6 +9,7 @@ import (
 	"github.com/causeway-net/causeway/controller/state"
 	"github.com/causeway-net/causeway/controller/store"
 	"github.com/causeway-net/causeway/controller/store/storetest"
+	"github.com/causeway-net/causeway/dataplane/wgkey"
 )
 
 // exportMeters exports three of the four meters: gateway rx stays in the
@@ -294,4 +295,66 @@ func TestUsageExactlyOnceAcrossReplicas(t *testing.T) {
 			t.Errorf("outbox carries %d overlay tx bytes in %d entries, ledger %d", bytes, entries, got["overlay.tx"])
 		}
 	})
+}
+
+// TestUsageEventIDStable pins the id derivation: receivers deduplicate by
+// it, so it must never change. (Python: uuid.uuid5(uuid.uuid5(
+// uuid.NAMESPACE_URL, "https://causeway.dev/ns/metering/usage"),
+// "ap_5f0c2a9e8b1d4c37/1042/overlay/tx").)
+func TestUsageEventIDStable(t *testing.T) {
+	if id := state.UsageEventID("ap_5f0c2a9e8b1d4c37", 1042, "overlay", "tx"); id != "f94bd545-0bac-55be-8122-48146c5ceea5" {
+		t.Fatalf("UsageEventID = %s", id)
+	}
+}
+
+// BenchmarkReportUsage measures ingest: one report of 500 records of 4
+// counts each, all exported, per iteration.
+func BenchmarkReportUsage(b *testing.B) {
+	for _, engine := range []string{"sqlite", "postgres"} {
+		b.Run(engine, func(b *testing.B) {
+			dsn := storetest.SQLiteDSN(b)
+			if engine == "postgres" {
+				dsn = storetest.PostgresDSN(b)
+			}
+			s, err := state.New(ctx, state.Options{Store: storetest.Open(b, dsn), ExportMeters: map[string]string{
+				"overlay.tx": "a", "overlay.rx": "b", "gateway.tx": "c", "gateway.rx": "d"}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			if _, err := s.CreateTenant(ctx, operator, "acme"); err != nil {
+				b.Fatal(err)
+			}
+			for i, n := range []string{"hq", "br"} {
+				if _, err := s.CreateSite(ctx, operator, "acme", state.SiteInput{Name: n, Kind: store.SiteOffice, LANPrefixes: pfx(fmt.Sprintf("10.%d.0.0/24", i+1))}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			_, tok, err := s.CreateEnrollmentToken(ctx, operator, "acme", state.EnrollmentTokenInput{Site: "hq"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			k, _ := wgkey.NewPrivate()
+			en, err := s.Enroll(ctx, state.EnrollInput{Token: tok, PublicKey: k.Public()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			dev, _ := s.IdentifyDevice(ctx, en.Credential)
+			br, _ := s.GetSite(ctx, operator, "acme", "br")
+			f := &usageFixture{br: br.ID, hour: time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Hour)}
+			seq := int64(0)
+			b.ResetTimer()
+			for range b.N {
+				recs := make([]state.UsageRecord, 500)
+				for i := range recs {
+					seq++
+					recs[i] = f.record(seq, time.Duration(seq%300)*10*time.Second, 1)
+				}
+				if _, err := s.ReportUsage(ctx, dev, recs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*500)/b.Elapsed().Seconds(), "records/s")
+		})
+	}
 }
