@@ -298,7 +298,7 @@ const (
 type answer struct {
 	outcome    outcome
 	reason     string
-	retryAfter time.Duration // for throttled; 0 if the answer named none
+	retryAfter time.Duration // for throttled (0 if the answer named none) and later
 }
 
 // step sends one batch and returns how long to wait before the next.
@@ -327,7 +327,7 @@ func (w *Worker) step(ctx context.Context) (time.Duration, error) {
 	tenants, err := w.outbox.ExportTenants(ctx, tenantIDs)
 	if err != nil {
 		w.log.Warn("reading billing customers", "err", err)
-		return w.release(fctx, entries, answer{outcome: later, reason: "reading billing customers: " + err.Error()}), nil
+		return w.release(fctx, entries, answer{outcome: later, reason: "reading billing customers: " + err.Error(), retryAfter: w.backoff(1)}), nil
 	}
 	var dead []store.OutboxUpdate
 	var batch []*store.OutboxEntry
@@ -361,6 +361,10 @@ func (w *Worker) step(ctx context.Context) (time.Duration, error) {
 		return 0, nil
 	}
 	ans := w.send(ctx, events)
+	if ans.outcome != sent && ctx.Err() != nil {
+		// Shutting down mid-send: not the API's failure.
+		ans = answer{outcome: later, reason: "the controller stopped while sending"}
+	}
 	if ans.outcome != sent {
 		return w.release(fctx, batch, ans, dead...), nil
 	}
@@ -418,7 +422,7 @@ func (w *Worker) release(ctx context.Context, entries []*store.OutboxEntry, ans 
 		w.st.PausedUntil = now.Add(wait)
 		w.mu.Unlock()
 	case later:
-		wait = w.backoff(1)
+		wait = ans.retryAfter
 	case retry:
 		w.mu.Lock()
 		w.failures++

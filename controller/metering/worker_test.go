@@ -491,6 +491,36 @@ func TestExportRestartMidSend(t *testing.T) {
 	})
 }
 
+// TestExportShutdownMidSend: a worker stopped while it waits for an
+// answer releases its batch at once, without counting an attempt.
+func TestExportShutdownMidSend(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, storetest.SQLiteDSN(t))
+	e.report(3)
+	e.sink.SetDelay(3 * time.Second)
+	srv := httptest.NewServer(e.sinkH)
+	defer srv.Close()
+	cfg := fastConfig(srv.URL)
+	w := run(t, e.s, cfg)
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	if err := w.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("stopping took %s", d)
+	}
+	es := must[[]*store.OutboxEntry](t)(e.s.ClaimExports(ctx, "test", 100, time.Minute))
+	if len(es) != int(e.queue().Pending) || len(es) == 0 {
+		t.Fatalf("claimable after the stop: %d of %+v", len(es), e.queue())
+	}
+	for _, en := range es {
+		if en.Attempts != 0 {
+			t.Errorf("entry %s has %d attempts", en.EventID, en.Attempts)
+		}
+	}
+}
+
 // TestExportOutage: the API is down for a while as usage keeps coming,
 // then back: every event arrives once, and the sums agree.
 func TestExportOutage(t *testing.T) {
