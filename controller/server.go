@@ -21,9 +21,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/causeway-net/causeway/controller/api"
+	"github.com/causeway-net/causeway/controller/metering"
 	"github.com/causeway-net/causeway/controller/state"
 	"github.com/causeway-net/causeway/controller/store"
 	"github.com/causeway-net/causeway/internal/atomicfile"
@@ -56,6 +58,15 @@ type Options struct {
 	// PathMaintenanceInterval is how often path history is rolled up and
 	// pruned; 0 means a minute.
 	PathMaintenanceInterval time.Duration
+	// Metering configures the export of usage to the metering API; an
+	// empty URL turns it off (nothing is queued then).
+	Metering metering.Config
+	// MeteringMeters are the exported meters (see metering.ParseMeters);
+	// nil means metering.DefaultMeters.
+	MeteringMeters map[string]string
+	// UsageDedupRetention is how long counted usage records are
+	// remembered (state.DefaultUsageDedupRetention if 0).
+	UsageDedupRetention time.Duration
 	// ShutdownTimeout bounds the wait for in-flight requests; 0 means 10s.
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
@@ -69,6 +80,7 @@ type Server struct {
 	store    *store.Store
 	state    *state.State
 	api      *api.API
+	metering *metering.Worker
 	http     *http.Server
 	ln       net.Listener
 	tls      bool
@@ -142,21 +154,44 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	s.store = st
 	// The gauge is read only once serving starts, after s.state is set.
 	metrics := api.NewMetrics(func() int { return s.state.Hub().Connected() })
+	var meters map[string]string
+	if opts.Metering.URL != "" {
+		meters = opts.MeteringMeters
+		if meters == nil {
+			meters = metering.DefaultMeters
+		}
+	}
 	s.state, err = state.New(ctx, state.Options{
-		Store:        st,
-		Logger:       log,
-		PollInterval: opts.PollInterval,
-		OnPush:       metrics.ObservePush,
+		Store:               st,
+		Logger:              log,
+		PollInterval:        opts.PollInterval,
+		OnPush:              metrics.ObservePush,
+		ExportMeters:        meters,
+		UsageDedupRetention: opts.UsageDedupRetention,
 	})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
+	if opts.Metering.URL != "" {
+		mc := opts.Metering
+		if mc.Logger == nil {
+			mc.Logger = log
+		}
+		if s.metering, err = metering.New(s.state, mc); err != nil {
+			s.closeState()
+			return nil, fmt.Errorf("controller: %w", err)
+		}
+		if err := metrics.Register(s.metering.Collectors()...); err != nil {
+			s.closeState()
+			return nil, fmt.Errorf("controller: metering metrics: %w", err)
+		}
+	}
 	if err := s.bootstrap(ctx); err != nil {
 		s.closeState()
 		return nil, err
 	}
-	s.api = api.New(api.Options{State: s.state, Logger: log, Metrics: metrics, Version: opts.Version})
+	s.api = api.New(api.Options{State: s.state, Logger: log, Metrics: metrics, Version: opts.Version, Metering: s.metering})
 	s.http = &http.Server{
 		Handler:           s.api,
 		TLSConfig:         tlsConf,
@@ -218,7 +253,9 @@ func (s *Server) CAFingerprint() string { return s.caFinger }
 //     (without this, shutdown would wait out each long-poll);
 //  3. the HTTP server stops accepting and waits, up to ShutdownTimeout,
 //     for in-flight requests;
-//  4. the path history upkeep loop (see state.RunPathMaintenance) stops;
+//  4. the path history upkeep and usage dedup pruning loops and the usage
+//     export worker stop (an export in flight finishes recording what it
+//     sent);
 //  5. the store closes.
 func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("controller listening", "addr", s.ln.Addr().String(), "tls", s.opts.TLS, "engine", s.store.Engine(),
@@ -227,12 +264,18 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { errc <- s.http.Serve(s.ln) }()
 	// Path history upkeep (rollups, retention) has its own context: it
 	// stops after the HTTP server has drained, before the store closes.
+	// So do usage pruning and the export worker.
 	mctx, stopMaintenance := context.WithCancel(context.Background())
-	maintained := make(chan struct{})
-	go func() {
-		defer close(maintained)
-		s.state.RunPathMaintenance(mctx, s.opts.PathMaintenanceInterval)
-	}()
+	var background sync.WaitGroup
+	background.Go(func() { s.state.RunPathMaintenance(mctx, s.opts.PathMaintenanceInterval) })
+	background.Go(func() { s.state.RunUsageMaintenance(mctx, 0) })
+	if s.metering != nil {
+		background.Go(func() {
+			if err := s.metering.Run(mctx); err != nil {
+				s.log.Error("usage export stopped", "err", err)
+			}
+		})
+	}
 	var serveErr error
 	select {
 	case <-ctx.Done():
@@ -248,7 +291,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.http.Close()
 	}
 	stopMaintenance()
-	<-maintained
+	background.Wait()
 	if err := s.store.Close(); err != nil {
 		s.log.Warn("closing the store", "err", err)
 	}

@@ -167,7 +167,8 @@ func (l *Lab) ctlJSON(ctx context.Context, v any, args ...string) error {
 
 // controllerArgv is the controller's command line: embedded SQLite in the
 // data directory, TLS with its own CA, a certificate for its underlay
-// address.
+// address, usage exported to the meter sink (its credential travels in
+// the environment).
 func (l *Lab) controllerArgv() []string {
 	c := l.t.controller
 	return []string{l.binary, "controller",
@@ -175,25 +176,22 @@ func (l *Lab) controllerArgv() []string {
 		"--data-dir", l.controllerDir(),
 		"--tls", "auto",
 		"--tls-hosts", c.listen.Addr().String(),
+		"--metering-url", l.MeterSinkURL(),
 	}
 }
 
-// startController starts the controller in its namespace and waits until
-// it is ready.
+// startController starts the meter sink (if it does not run) and the
+// controller in the controller's namespace, and waits until both are
+// ready.
 func (l *Lab) startController(ctx context.Context) error {
-	argv := l.controllerArgv()
-	r, c, err := startProcess(l.binary, netnsName(l.instance, l.t.controller.node), argv, l.LogPath(controllerName))
-	r.Name, r.Kind, r.Node = controllerName, kindController, l.t.controller.node
-	l.mu.Lock()
-	if c != nil {
-		l.setChildLocked(controllerName, c)
+	auth, err := l.meterSinkAuth()
+	if err != nil {
+		return err
 	}
-	if r.PID != 0 {
-		if serr := l.setProcLocked(r); serr != nil && err == nil {
-			err = serr
-		}
+	if err := l.startMeterSink(ctx, auth); err != nil {
+		return err
 	}
-	l.mu.Unlock()
+	r, err := l.startRecorded(controllerName, kindController, l.t.controller.node, l.controllerArgv(), "CAUSEWAY_METERING_AUTH="+auth)
 	if err != nil {
 		return fmt.Errorf("lab: controller: %w", err)
 	}
@@ -214,6 +212,25 @@ func (l *Lab) startController(ctx context.Context) error {
 	return nil
 }
 
+// startRecorded starts argv in node's namespace, with its output in the
+// log called name and env added to its environment, and records it in the
+// state as name.
+func (l *Lab) startRecorded(name, kind, node string, argv []string, env ...string) (procRecord, error) {
+	r, c, err := startProcess(l.binary, netnsName(l.instance, node), argv, l.LogPath(name), env...)
+	r.Name, r.Kind, r.Node = name, kind, node
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c != nil {
+		l.setChildLocked(name, c)
+	}
+	if r.PID != 0 {
+		if serr := l.setProcLocked(r); serr != nil && err == nil {
+			err = serr
+		}
+	}
+	return r, err
+}
+
 // provision creates the lab's tenant and sites through the API and returns
 // one fresh enrollment token per appliance.
 func (l *Lab) provision(ctx context.Context) (map[string]string, error) {
@@ -222,6 +239,9 @@ func (l *Lab) provision(ctx context.Context) (map[string]string, error) {
 		Token string `json:"token"`
 	}
 	if err := l.ctlJSON(ctx, &v, "tenant", "create", tn); err != nil {
+		return nil, err
+	}
+	if err := l.ctlJSON(ctx, &v, "tenant", "update", tn, "--billing-customer", BillingCustomer); err != nil {
 		return nil, err
 	}
 	tokens := map[string]string{}

@@ -441,12 +441,12 @@ func (l *Lab) UnderlayFragments() (uint64, error) {
 	return total, nil
 }
 
-// LogPath returns the log file of an appliance, a service or the
-// controller ("controller"), or "".
+// LogPath returns the log file of an appliance, a service, the
+// controller ("controller") or the meter sink ("meter-sink"), or "".
 func (l *Lab) LogPath(name string) string {
 	switch {
-	case name == controllerName:
-		return filepath.Join(l.dir, controllerName+".log")
+	case name == controllerName, name == meterSinkName:
+		return filepath.Join(l.dir, name+".log")
 	case l.t.appliance(name) != nil:
 		return filepath.Join(l.applianceDir(name), applianceLog)
 	case l.service(name) != nil:

@@ -23,7 +23,12 @@ func runController(ctx context.Context, args []string) error {
 	hosts := fs.String("tls-hosts", envDefault("CAUSEWAY_TLS_HOSTS", ""), "comma-separated names and IPs for the auto certificate; default localhost and the host name (CAUSEWAY_TLS_HOSTS)")
 	poll := fs.Duration("poll-interval", durationEnv("CAUSEWAY_POLL_INTERVAL", 100*time.Millisecond), "how often to poll the change feed for other replicas' writes (CAUSEWAY_POLL_INTERVAL)")
 	logLevel := fs.String("log-level", envDefault("CAUSEWAY_LOG_LEVEL", "info"), "debug, info, warn or error (CAUSEWAY_LOG_LEVEL)")
+	mf := meteringFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	mcfg, meters, err := mf.config()
+	if err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -49,6 +54,7 @@ func runController(ctx context.Context, args []string) error {
 		Listen: *listen, DataDir: *dataDir, DB: *db,
 		TLS: controller.TLSMode(*tlsMode), CertFile: *cert, KeyFile: *key, TLSHosts: hostList,
 		PollInterval: *poll, Logger: log, Version: version,
+		Metering: mcfg, MeteringMeters: meters, UsageDedupRetention: *mf.dedup,
 	})
 	if err != nil {
 		return err

@@ -27,6 +27,7 @@ var commands = map[string]command{
 	"controller": {summary: "run the controller (API, enrollment, config push)", run: runController},
 	"ctl":        {summary: "admin CLI for the controller API", run: runCtl},
 	"lab":        {summary: "build a demo overlay in network namespaces on this machine", run: runLab},
+	"meter-sink": {summary: "a small metering API receiver (CloudEvents into SQLite) for local use and tests", run: runMeterSink},
 	"bench":      {summary: "benchmarks: the dataplane against stock wireguard-go, the control plane with N appliances", run: runBench},
 	"version":    {summary: "print the version", run: runVersion},
 }

@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/causeway-net/causeway/controller/metering"
 	"github.com/causeway-net/causeway/controller/state"
 )
 
@@ -51,6 +52,9 @@ type Options struct {
 	FailWindow  time.Duration
 	// Version is reported by /healthz.
 	Version string
+	// Metering, if set, is this replica's usage export worker, reported
+	// by GET /api/v1/metering/status.
+	Metering *metering.Worker
 	// TestOnlyNow replaces time.Now for the rate limiter.
 	TestOnlyNow func() time.Time
 }
@@ -64,13 +68,16 @@ type API struct {
 	maxBody  int64
 	version  string
 	limiter  *failLimiter
+	metering *metering.Worker
+	now      func() time.Time
 	mux      *http.ServeMux
 	draining atomic.Bool
 }
 
 // New builds the handler.
 func New(opts Options) *API {
-	a := &API{state: opts.State, log: opts.Logger, metrics: opts.Metrics, maxBody: opts.MaxBody, version: opts.Version, mux: http.NewServeMux()}
+	a := &API{state: opts.State, log: opts.Logger, metrics: opts.Metrics, maxBody: opts.MaxBody, version: opts.Version,
+		metering: opts.Metering, mux: http.NewServeMux()}
 	if a.log == nil {
 		a.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -84,6 +91,7 @@ func New(opts Options) *API {
 	if opts.MaxFailures <= 0 {
 		opts.MaxFailures, opts.FailWindow = DefaultMaxFailures, DefaultFailWindow
 	}
+	a.now = now
 	a.limiter = newFailLimiter(opts.MaxFailures, opts.FailWindow, now)
 	if a.metrics != nil && a.state != nil {
 		a.metrics.watchPairs(a.state)
@@ -108,6 +116,9 @@ const (
 	authNone   authKind = iota
 	authAdmin           // API token
 	authDevice          // device credential
+	// authDeviceAny is a device credential, also of a revoked appliance:
+	// the handler refuses it with a reason (the usage report).
+	authDeviceAny
 )
 
 // call is what a handler knows about its request.
@@ -293,6 +304,8 @@ func (a *API) authenticate(c *call, kind authKind) error {
 		}
 	case authDevice:
 		c.dev, err = a.state.AuthenticateDevice(c.r.Context(), tok)
+	case authDeviceAny:
+		c.dev, err = a.state.IdentifyDevice(c.r.Context(), tok)
 	}
 	a.authFailed(c.r, err)
 	return err

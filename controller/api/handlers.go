@@ -23,6 +23,7 @@ func (a *API) routes() []route {
 		{pattern: "GET /api/v1/tenants", auth: authAdmin, handle: a.listTenants},
 		{pattern: "POST /api/v1/tenants", auth: authAdmin, handle: a.createTenant},
 		{pattern: "GET /api/v1/tenants/{tenant}", auth: authAdmin, handle: a.getTenant},
+		{pattern: "PATCH /api/v1/tenants/{tenant}", auth: authAdmin, handle: a.updateTenant},
 		{pattern: "DELETE /api/v1/tenants/{tenant}", auth: authAdmin, handle: a.deleteTenant},
 
 		{pattern: "GET /api/v1/tenants/{tenant}/sla", auth: authAdmin, handle: a.getSLA},
@@ -66,6 +67,12 @@ func (a *API) routes() []route {
 		{pattern: "GET /api/v1/sync", auth: authDevice, raw: a.sync},
 		{pattern: "POST /api/v1/paths/report", auth: authDevice, handle: a.reportPaths},
 		{pattern: "POST /api/v1/pair/report", auth: authDevice, handle: a.reportPair},
+		{pattern: "POST /api/v1/usage/report", auth: authDeviceAny, handle: a.reportUsage},
+
+		{pattern: "GET /api/v1/usage", auth: authAdmin, handle: a.usage},
+		{pattern: "GET /api/v1/metering/status", auth: authAdmin, handle: a.meteringStatus},
+		{pattern: "GET /api/v1/metering/dead-letters", auth: authAdmin, handle: a.deadLetters},
+		{pattern: "POST /api/v1/metering/dead-letters/retry", auth: authAdmin, handle: a.retryDeadLetters},
 	}
 }
 

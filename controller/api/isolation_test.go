@@ -16,7 +16,9 @@ func TestTenantIsolation(t *testing.T) {
 	_, _, tokA := e.setupTenant("acme", "10.1.0.0/24")
 	bID, bSite, tokB := e.setupTenant("globex", "10.1.0.0/24")
 	_, credA, _ := e.enroll(tokA, "a-1")
-	bApp, _, _ := e.enroll(tokB, "b-1")
+	bApp, bCred, _ := e.enroll(tokB, "b-1")
+	// B has usage, to a peer site of its own.
+	e.must(200, "POST", "/api/v1/usage/report", bCred, usageReport(e.clock.now(), 1, bSite))
 	bET := e.must(201, "POST", "/api/v1/tenants/globex/enrollment-tokens", e.op, map[string]any{"site": "hq"})["id"].(string)
 	bAT := e.must(201, "POST", "/api/v1/tenants/globex/api-tokens", e.op, nil)["id"].(string)
 	adminA := e.must(201, "POST", "/api/v1/tenants/acme/api-tokens", e.op, nil)["token"].(string)
@@ -32,22 +34,28 @@ func TestTenantIsolation(t *testing.T) {
 		"PATCH /api/v1/tenants/{tenant}/appliances/{appliance}":      map[string]any{"endpoints": []string{}, "priority": 120},
 		"PUT /api/v1/tenants/{tenant}/sla":                           sla,
 		"PUT /api/v1/tenants/{tenant}/sla-overrides/{siteA}/{siteB}": sla,
+		"PATCH /api/v1/tenants/{tenant}":                             map[string]any{"billing_customer": "cus_stolen"},
 	}
 	// Routes without a tenant in the path, and what A's token gets there.
 	unscoped := map[string]int{
-		"GET /healthz":                         200,
-		"GET /readyz":                          200,
-		"GET /metrics":                         200,
-		"GET /api/v1/openapi.json":             200,
-		"GET /api/v1/tenants":                  200, // lists A only: checked below
-		"POST /api/v1/tenants":                 403,
-		"GET /api/v1/api-tokens":               403,
-		"POST /api/v1/api-tokens":              403,
-		"DELETE /api/v1/api-tokens/{apitoken}": 403,
-		"POST /api/v1/enroll":                  422, // no API token involved
-		"GET /api/v1/sync":                     401, // device credential only
-		"POST /api/v1/paths/report":            401, // device credential only
-		"POST /api/v1/pair/report":             401, // device credential only
+		"GET /healthz":                             200,
+		"GET /readyz":                              200,
+		"GET /metrics":                             200,
+		"GET /api/v1/openapi.json":                 200,
+		"GET /api/v1/tenants":                      200, // lists A only: checked below
+		"POST /api/v1/tenants":                     403,
+		"GET /api/v1/api-tokens":                   403,
+		"POST /api/v1/api-tokens":                  403,
+		"DELETE /api/v1/api-tokens/{apitoken}":     403,
+		"POST /api/v1/enroll":                      422, // no API token involved
+		"GET /api/v1/sync":                         401, // device credential only
+		"POST /api/v1/paths/report":                401, // device credential only
+		"POST /api/v1/usage/report":                401, // device credential only
+		"GET /api/v1/usage":                        200, // A's usage only: checked below
+		"GET /api/v1/metering/status":              403,
+		"GET /api/v1/metering/dead-letters":        403,
+		"POST /api/v1/metering/dead-letters/retry": 403,
+		"POST /api/v1/pair/report":                 401, // device credential only
 	}
 
 	checked := 0
@@ -64,7 +72,7 @@ func TestTenantIsolation(t *testing.T) {
 			if r.status != want {
 				t.Errorf("%s with A's token: %d, want %d\n%s", rt.pattern, r.status, want, r.body)
 			}
-			if method != "GET" || !strings.HasPrefix(path, "/api/v1/tenants") {
+			if method != "GET" || (!strings.HasPrefix(path, "/api/v1/tenants") && path != "/api/v1/usage") {
 				continue
 			}
 			for _, s := range secretsOfB {
@@ -102,6 +110,24 @@ func TestTenantIsolation(t *testing.T) {
 	}
 	if checked < 40 {
 		t.Errorf("only %d tenant-scoped requests checked", checked)
+	}
+	// Usage: B's tenant by id or name is 404, and B's site does not help.
+	for _, q := range []string{"?tenant=globex", "?tenant=" + bID, "?tenant=globex&site=hq", "?site=" + bSite} {
+		r := e.do("GET", "/api/v1/usage"+q, adminA, nil)
+		if r.status != 404 && !(strings.HasPrefix(q, "?site=") && r.status == 422) {
+			t.Errorf("GET /api/v1/usage%s with A's token: %d\n%s", q, r.status, r.body)
+		}
+		for _, s := range secretsOfB {
+			if strings.Contains(string(r.body), s) && !strings.Contains(q, s) {
+				t.Errorf("GET /api/v1/usage%s mentions %q", q, s)
+			}
+		}
+	}
+	if items := e.must(200, "GET", "/api/v1/usage", e.op, nil)["items"].([]any); len(items) == 0 {
+		t.Error("the operator sees no usage")
+	}
+	if m := e.must(200, "GET", "/api/v1/tenants/globex", e.op, nil); m["billing_customer"] != "" {
+		t.Errorf("B's billing customer changed: %v", m)
 	}
 	lst := e.must(200, "GET", "/api/v1/tenants", adminA, nil)
 	if items := lst["items"].([]any); len(items) != 1 || items[0].(map[string]any)["name"] != "acme" {

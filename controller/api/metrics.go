@@ -50,6 +50,17 @@ func NewMetrics(connected func() int) *Metrics {
 	return m
 }
 
+// Register adds collectors (the metering worker's) to the registry
+// /metrics serves.
+func (m *Metrics) Register(cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := m.reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ObservePush records one push lag; pass it as state.Options.OnPush.
 func (m *Metrics) ObservePush(lag time.Duration) { m.pushLag.Observe(max(lag, 0).Seconds()) }
 

@@ -34,10 +34,12 @@ type tenantView struct {
 	ID        string     `json:"id"`
 	Name      string     `json:"name"`
 	CreatedAt *time.Time `json:"created_at"`
+	// BillingCustomer is the tenant's customer at the metering API.
+	BillingCustomer string `json:"billing_customer"`
 }
 
 func viewTenant(t *store.Tenant) tenantView {
-	return tenantView{ID: t.ID, Name: t.Name, CreatedAt: ts(t.CreatedAt)}
+	return tenantView{ID: t.ID, Name: t.Name, CreatedAt: ts(t.CreatedAt), BillingCustomer: t.BillingCustomer}
 }
 
 type siteView struct {

@@ -78,6 +78,7 @@ const Usage = `Commands:
   tenant create NAME
   tenant get TENANT
   tenant delete TENANT
+  tenant update TENANT --billing-customer ID   (operator; "" removes it)
   site list TENANT
   site create TENANT NAME --kind office|home|vpc|remote [--prefix CIDR]...
   site get TENANT SITE
@@ -106,6 +107,10 @@ const Usage = `Commands:
   pair drain TENANT APPLIANCE
   pair undrain TENANT APPLIANCE
   pair priority TENANT APPLIANCE N   (0-255, higher preferred)
+  usage [--tenant TENANT] [--site SITE] [--since 24h] [--by hour|day]   (usage per site, meter and hour)
+  metering status   (the usage export's health; operator)
+  metering dead-letters [--limit 100]
+  metering retry (EVENT-ID... | --all)
 TENANT, SITE and APPLIANCE are ids or names.`
 
 // Run runs one command: args are the noun, the verb and their arguments.

@@ -135,14 +135,21 @@ func (s *State) MaintainPaths(ctx context.Context) error {
 // RunPathMaintenance calls MaintainPaths every interval (a minute if 0)
 // until ctx ends. Failures are logged and tried again at the next tick.
 func (s *State) RunPathMaintenance(ctx context.Context, interval time.Duration) {
+	s.runEvery(ctx, cmp.Or(interval, time.Minute), "path history upkeep", s.MaintainPaths)
+}
+
+// runEvery calls fn at once and then every interval until ctx ends,
+// logging failures (what names the job). A negative interval means a
+// minute.
+func (s *State) runEvery(ctx context.Context, interval time.Duration, what string, fn func(context.Context) error) {
 	if interval <= 0 {
 		interval = time.Minute
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if err := s.MaintainPaths(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("path history upkeep failed; retrying at the next tick", "err", err)
+		if err := fn(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn(what+" failed; retrying at the next tick", "err", err)
 		}
 		if err := s.MaintainPairs(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("pair history upkeep failed; retrying at the next tick", "err", err)

@@ -44,6 +44,14 @@ type Options struct {
 	// a rotation may make it current (see RotateProbeKey). 0 means
 	// DefaultProbeKeyGrace; negative means no wait (tests).
 	ProbeKeyGrace time.Duration
+	// ExportMeters names the meters whose usage is exported to the
+	// metering API, by MeterKey ("overlay.tx" -> "causeway.overlay.tx.bytes").
+	// Usage of other meters is kept in the ledger only; nil exports
+	// nothing (no outbox entries are written).
+	ExportMeters map[string]string
+	// UsageDedupRetention is how long counted usage records are
+	// remembered; 0 means DefaultUsageDedupRetention.
+	UsageDedupRetention time.Duration
 	// TestOnlyNow replaces time.Now.
 	TestOnlyNow func() time.Time
 }
@@ -90,6 +98,9 @@ func New(ctx context.Context, opts Options) (*State, error) {
 	}
 	if opts.ChangeRetention <= 0 {
 		opts.ChangeRetention = time.Hour
+	}
+	if opts.UsageDedupRetention <= 0 {
+		opts.UsageDedupRetention = DefaultUsageDedupRetention
 	}
 	switch {
 	case opts.ProbeKeyGrace == 0:

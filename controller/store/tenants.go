@@ -7,12 +7,12 @@ import (
 	"fmt"
 )
 
-const tenantCols = "id, name, created_at, sla_max_loss_percent, sla_max_rtt_ms, sla_max_jitter_ms"
+const tenantCols = "id, name, created_at, sla_max_loss_percent, sla_max_rtt_ms, sla_max_jitter_ms, billing_customer"
 
 func scanTenant(sc interface{ Scan(...any) error }) (*Tenant, error) {
 	var t Tenant
 	var created int64
-	if err := sc.Scan(&t.ID, &t.Name, &created, &t.SLA.MaxLossPercent, &t.SLA.MaxRTTMillis, &t.SLA.MaxJitterMillis); err != nil {
+	if err := sc.Scan(&t.ID, &t.Name, &created, &t.SLA.MaxLossPercent, &t.SLA.MaxRTTMillis, &t.SLA.MaxJitterMillis, &t.BillingCustomer); err != nil {
 		return nil, err
 	}
 	t.CreatedAt = fromMillis(created)
@@ -21,8 +21,8 @@ func scanTenant(sc interface{ Scan(...any) error }) (*Tenant, error) {
 
 // InsertTenant adds a tenant.
 func (t *Tx) InsertTenant(ctx context.Context, v *Tenant) error {
-	_, err := t.exec(ctx, "INSERT INTO tenants ("+tenantCols+") VALUES ($1, $2, $3, $4, $5, $6)", v.ID, v.Name, millis(v.CreatedAt),
-		v.SLA.MaxLossPercent, v.SLA.MaxRTTMillis, v.SLA.MaxJitterMillis)
+	_, err := t.exec(ctx, "INSERT INTO tenants ("+tenantCols+") VALUES ($1, $2, $3, $4, $5, $6, $7)", v.ID, v.Name, millis(v.CreatedAt),
+		v.SLA.MaxLossPercent, v.SLA.MaxRTTMillis, v.SLA.MaxJitterMillis, v.BillingCustomer)
 	return err
 }
 
@@ -30,6 +30,13 @@ func (t *Tx) InsertTenant(ctx context.Context, v *Tenant) error {
 func (t *Tx) UpdateTenantSLA(ctx context.Context, id string, sla SLA) error {
 	r, err := t.exec(ctx, "UPDATE tenants SET sla_max_loss_percent = $2, sla_max_rtt_ms = $3, sla_max_jitter_ms = $4 WHERE id = $1",
 		id, sla.MaxLossPercent, sla.MaxRTTMillis, sla.MaxJitterMillis)
+	return mustAffect(r, err, "tenant "+id)
+}
+
+// UpdateTenantBillingCustomer sets the customer a tenant's usage is billed
+// to at the metering API ("" for none).
+func (t *Tx) UpdateTenantBillingCustomer(ctx context.Context, id, customer string) error {
+	r, err := t.exec(ctx, "UPDATE tenants SET billing_customer = $2 WHERE id = $1", id, customer)
 	return mustAffect(r, err, "tenant "+id)
 }
 

@@ -14,6 +14,9 @@ type Tenant struct {
 	CreatedAt time.Time
 	// SLA applies to every pair of the tenant's sites without an override.
 	SLA SLA
+	// BillingCustomer is the tenant's customer at the metering API; ""
+	// until an operator sets it.
+	BillingCustomer string
 }
 
 // SLA holds the thresholds a path must meet (see probes.SLA); 0 means no
