@@ -286,6 +286,7 @@ type pairRunner struct {
 	choice      string    // see Config.pairChoice
 	choiceSince time.Time // when choice last changed
 	copyMAC     net.HardwareAddr
+	partnerLAN  bool     // the partner's LAN heartbeat arrived, when last looked
 	keys        [][]byte // the keys in force, signing key first
 	notify      func()   // wakes the controller reporter; nil when unmanaged
 
@@ -436,10 +437,17 @@ func (r *pairRunner) updateCopies() time.Duration {
 	if r.gw == nil {
 		return time.Hour
 	}
-	next := 500 * time.Millisecond
+	// Often enough to take the borrowed uplink out of the gateway soon
+	// after the partner's LAN heartbeat stops (pair.State changes that
+	// move no role call no OnChange).
+	next := 100 * time.Millisecond
 	s := r.m.State()
 	r.mu.Lock()
 	want := s.Partner.Alive && s.Partner.LAN
+	if lanUp := s.Partner.LAN && s.Partner.Alive; lanUp != r.partnerLAN {
+		r.partnerLAN = lanUp
+		r.gw.pokeHealth()
+	}
 	if r.choice == r.name {
 		if left := pairSettle - time.Since(r.choiceSince); left > 0 {
 			next = min(next, left)
