@@ -446,3 +446,15 @@ func (c *followCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descFollowActive, prometheus.GaugeValue, v, m.peer)
 	}
 }
+
+// PairStandby lists the members of remote pairs that do not carry their
+// pair's prefixes when the controller's choice does (the follower's
+// starting point, before any probe): for a dataplane configured from cfg
+// without the follower.
+func (c *Config) PairStandby() map[wgkey.PublicKey]bool {
+	out := map[wgkey.PublicKey]bool{}
+	for _, ps := range pairSitesOf(c) {
+		out[ps.members[1-ps.pref].PublicKey] = true
+	}
+	return out
+}
