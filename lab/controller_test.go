@@ -353,6 +353,14 @@ func TestController(t *testing.T) {
 			t.Fatal(err)
 		}
 		back := time.Now()
+		// The pair's members report what happened while it was away (the
+		// restart above moved the role twice); once the controller holds
+		// office-1a active again, the change below is the last one.
+		wctx, cancel := context.WithTimeout(ctx, 40*time.Second)
+		defer cancel()
+		if err := l.waitPairs(wctx); err != nil {
+			t.Fatal(err)
+		}
 		token := newSite(ctx, t, l, "branch-2", "10.41.0.0/24")
 		reqID := "lab-back-" + l.Instance()
 		start := time.Now()
@@ -362,8 +370,6 @@ func TestController(t *testing.T) {
 		}
 		// The appliances retry with backoff while the controller is away
 		// (at most 30 s between attempts; here a few seconds).
-		wctx, cancel := context.WithTimeout(ctx, 40*time.Second)
-		defer cancel()
 		for _, n := range names {
 			ln, err := waitApplied(wctx, l, n, reqID)
 			if err != nil {
