@@ -162,10 +162,10 @@ func TestPairMemberFromNetmap(t *testing.T) {
 
 func TestPairChoice(t *testing.T) {
 	for _, tc := range []struct {
-		name         string
-		self, other  int
-		active       bool
-		term         uint64
+		name          string
+		self, other   int
+		active        bool
+		term          uint64
 		partner, want string
 	}{
 		{"partner active", 200, 100, true, 4, "b", "b"},
