@@ -41,6 +41,9 @@ type Appliance struct {
 	follow *follower
 	// gw is the Internet gateway; nil unless cfg.Gateway is set.
 	gw *gatewayRunner
+	// pair runs the appliance as a member of its site's pair; nil unless
+	// cfg.Pair.Member is set (pairmember.go).
+	pair *pairRunner
 
 	mu  sync.Mutex // guards cfg
 	cfg *Config
@@ -92,7 +95,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 
 	var uplinks []bind.Uplink
 	var names []string
-	for _, u := range cfg.Uplinks {
+	for _, u := range cfg.bindUplinks() {
 		uplinks = append(uplinks, bind.Uplink{Name: u.Name, Interface: u.Interface, Addr: u.Addr})
 		names = append(names, u.Name)
 	}
@@ -139,6 +142,11 @@ func Start(cfg *Config, log *slog.Logger) (_ *Appliance, err error) {
 	}
 	if cfg.Gateway != nil {
 		if err := a.startGateway(cfg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.pairMember() != nil {
+		if err := a.startPair(cfg); err != nil {
 			return nil, err
 		}
 	}
@@ -201,6 +209,9 @@ func (a *Appliance) Apply(cfg *Config) error {
 	fixed("uplinks", slices.Equal(old.Uplinks, cfg.Uplinks))
 	fixed("probe_interval", old.ProbeInterval == cfg.ProbeInterval)
 	errs = append(errs, gatewayFixed(old, cfg)...)
+	if om, nm := old.pairMember(), cfg.pairMember(); (om == nil) != (nm == nil) || (om != nil && *om != *nm) {
+		errs = append(errs, &FieldError{Field: "pair", Msg: "the member settings cannot change while running; restart the appliance"})
+	}
 	if len(errs) > 0 {
 		return &ConfigError{Errs: errs}
 	}
@@ -210,6 +221,11 @@ func (a *Appliance) Apply(cfg *Config) error {
 	}
 	if a.paths != nil {
 		if err := a.paths.sync(cfg); err != nil {
+			return err
+		}
+	}
+	if a.pair != nil {
+		if err := a.pair.apply(cfg); err != nil {
 			return err
 		}
 	}
@@ -225,9 +241,10 @@ func (a *Appliance) Config() *Config {
 	return a.cfg
 }
 
-// Close stops the HTTP endpoint, then the path prober (its goroutine
-// joined), then the dataplane (removing the interface with its address
-// and routes), then restores IP forwarding to what it was.
+// Close stops the HTTP endpoint, then the pair member (which hands the
+// active role over to the partner first), the gateway, the path prober
+// (its goroutine joined), then the dataplane (removing the interface with
+// its address and routes), then restores IP forwarding to what it was.
 func (a *Appliance) Close() error {
 	err := a.runUndo()
 	a.log.Info("appliance stopped", "name", a.cfg.Name)

@@ -510,6 +510,9 @@ func (v *validator) config(fc *fileConfig) *Config {
 	if fc.Gateway != nil {
 		c.Gateway = v.gateway(fc.Gateway, c)
 	}
+	if fc.Pair != nil && fc.Pair.filePairLocal.set() {
+		c.Pair.Member = v.pairLocal(&fc.Pair.filePairLocal, c)
+	}
 	return c
 }
 
@@ -624,7 +627,8 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 		fc.SLA = marshalSLA(c.SLA)
 	}
 	if c.Pair != nil {
-		fc.Pair = &filePairSelf{Priority: c.Pair.Priority, Drained: c.Pair.Drained}
+		fc.Pair = &filePairSelf{Priority: c.Pair.Priority, Drained: c.Pair.Drained, Site: c.Pair.Site,
+			filePairLocal: marshalPairLocal(c.Pair.Member)}
 	}
 	fc.Gateway = marshalGateway(c.Gateway)
 	for _, p := range c.LANPrefixes {

@@ -41,6 +41,12 @@ import (
 type PairSelf struct {
 	Priority int
 	Drained  bool
+	// Site is the pair's site id; the partner is the peer whose
+	// PairMember.Site it is.
+	Site string
+	// Member, if set, makes this appliance a running member of the pair
+	// (pairmember.go); without it the appliance only knows its place.
+	Member *PairLocal
 }
 
 // PairMember marks a peer as one of the two appliances of a site.
@@ -54,8 +60,10 @@ type PairMember struct {
 }
 
 type filePairSelf struct {
-	Priority int  `json:"priority"`
-	Drained  bool `json:"drained"`
+	Priority int    `json:"priority"`
+	Drained  bool   `json:"drained"`
+	Site     string `json:"site,omitempty"`
+	filePairLocal
 }
 
 type filePairMember struct {
@@ -77,7 +85,10 @@ func (v *validator) pairSelf(fp *filePairSelf) *PairSelf {
 	if fp == nil {
 		return nil
 	}
-	return &PairSelf{Priority: v.priority("pair.priority", fp.Priority), Drained: fp.Drained}
+	if len(fp.Site) > 64 {
+		v.fail("pair.site", "want the pair's site id, at most 64 bytes, got %d", len(fp.Site))
+	}
+	return &PairSelf{Priority: v.priority("pair.priority", fp.Priority), Drained: fp.Drained, Site: fp.Site}
 }
 
 func (v *validator) pairMember(base string, fp *filePairMember) *PairMember {
@@ -434,4 +445,16 @@ func (c *followCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descFollowActive, prometheus.GaugeValue, v, m.peer)
 	}
+}
+
+// PairStandby lists the members of remote pairs that do not carry their
+// pair's prefixes when the controller's choice does (the follower's
+// starting point, before any probe): for a dataplane configured from cfg
+// without the follower.
+func (c *Config) PairStandby() map[wgkey.PublicKey]bool {
+	out := map[wgkey.PublicKey]bool{}
+	for _, ps := range pairSitesOf(c) {
+		out[ps.members[1-ps.pref].PublicKey] = true
+	}
+	return out
 }

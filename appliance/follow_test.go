@@ -104,7 +104,7 @@ func TestConfigFromPairNetmap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Pair == nil || *cfg.Pair != (PairSelf{Priority: 150, Drained: true}) {
+	if cfg.Pair == nil || *cfg.Pair != (PairSelf{Priority: 150, Drained: true, Site: "st_1"}) {
 		t.Errorf("own pair: %+v", cfg.Pair)
 	}
 	// The partner's prefixes are this site's LAN: not routed to it.

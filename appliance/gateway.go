@@ -142,10 +142,16 @@ type gatewayRunner struct {
 	gw    *gateway.Gateway
 	names []string // the gateway's uplinks, in order
 	p     *prober
+	// borrowed names the partner's uplink of a pair member ("" if none);
+	// partnerUp (under mu), once the pair member runs, says whether the
+	// partner is there to carry it.
+	borrowed string
+	poke     chan struct{}
 
-	changes atomic.Uint64 // health changes applied
-	mu      sync.Mutex
-	healthy []string // the last verdict
+	changes   atomic.Uint64 // health changes applied
+	mu        sync.Mutex
+	healthy   []string // the last verdict
+	partnerUp func() bool
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -170,6 +176,10 @@ func (a *Appliance) startGateway(cfg *Config) error {
 		}
 	}
 	c.LANAddr = lanAddr(gc.LANInterface, c.LANPrefixes)
+	pm := cfg.pairMember()
+	if pm != nil {
+		c.LANAddr, c.Partner = pm.LANAddr, pm.PartnerLANAddr
+	}
 	for _, gu := range uplinks {
 		k := slices.IndexFunc(cfg.Uplinks, func(u Uplink) bool { return u.Name == gu.Name })
 		u := cfg.Uplinks[k]
@@ -182,11 +192,19 @@ func (a *Appliance) startGateway(cfg *Config) error {
 		}
 		c.Uplinks = append(c.Uplinks, gateway.Uplink{Name: u.Name, Interface: u.Interface, Gateway: via})
 	}
+	if pm != nil {
+		if err := pairGateway(&c, pm, cfg.ListenPort); err != nil {
+			return err
+		}
+	}
 	gw, err := gateway.New(c)
 	if err != nil {
 		return err
 	}
-	r := &gatewayRunner{log: a.log.With("component", "gateway"), gw: gw, p: a.paths}
+	r := &gatewayRunner{log: a.log.With("component", "gateway"), gw: gw, p: a.paths, poke: make(chan struct{}, 1)}
+	if pm != nil {
+		r.borrowed = pm.BorrowedUplink
+	}
 	for _, u := range c.Uplinks {
 		r.names = append(r.names, u.Name)
 	}
@@ -204,6 +222,30 @@ func (a *Appliance) startGateway(cfg *Config) error {
 		ups = append(ups, u.Name+" via "+u.Gateway.String()+" dev "+u.Interface)
 	}
 	a.log.Info("gateway up", "lan_interface", c.LANInterface, "lan_prefixes", fmt.Sprint(c.LANPrefixes), "uplinks", ups)
+	return nil
+}
+
+// pairGateway adds a pair member's side of lending to c: the partner's
+// uplink, borrowed over the LAN (with the route for the WireGuard socket
+// bound to the member's LAN address on listenPort), and this member's WAN
+// link lent to the partner (its WireGuard socket reached on the WAN
+// address's LendPort).
+func pairGateway(c *gateway.Config, pm *PairLocal, listenPort uint16) error {
+	via := netip.Addr{}
+	for _, u := range c.Uplinks {
+		if u.Interface == pm.WANInterface {
+			via = u.Gateway
+		}
+	}
+	if !via.IsValid() {
+		var err error
+		if via, err = gateway.DefaultGateway(pm.WANInterface); err != nil {
+			return fmt.Errorf("pair: the WAN link lent to the partner, %s: %w", pm.WANInterface, err)
+		}
+	}
+	c.Uplinks = append(c.Uplinks, gateway.Uplink{Name: pm.BorrowedUplink, Borrowed: true, SocketPort: listenPort})
+	c.Lend = &gateway.Lend{Interface: pm.WANInterface, Gateway: via, PublicAddr: pm.WANAddr, PublicPort: pm.LendPort,
+		PartnerPort: listenPort}
 	return nil
 }
 
@@ -244,13 +286,28 @@ func (r *gatewayRunner) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-r.p.changed:
+		case <-r.poke:
 		case <-tick.C:
 		}
 	}
 }
 
+// pokeHealth makes the runner look at the uplinks' health now.
+func (r *gatewayRunner) pokeHealth() {
+	select {
+	case r.poke <- struct{}{}:
+	default:
+	}
+}
+
 func (r *gatewayRunner) update() {
 	h := uplinkHealth(r.names, r.p.status())
+	r.mu.Lock()
+	partnerUp := r.partnerUp
+	r.mu.Unlock()
+	if r.borrowed != "" && partnerUp != nil && !partnerUp() {
+		h = slices.DeleteFunc(h, func(u string) bool { return u == r.borrowed })
+	}
 	r.mu.Lock()
 	same := slices.Equal(h, r.healthy)
 	r.mu.Unlock()

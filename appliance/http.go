@@ -25,6 +25,9 @@ func (a *Appliance) handler() http.Handler {
 	if a.gw != nil {
 		reg.MustRegister(a.gw)
 	}
+	if a.pair != nil {
+		reg.MustRegister(a.pair)
+	}
 	mux := http.NewServeMux()
 	health := func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -35,6 +38,15 @@ func (a *Appliance) handler() http.Handler {
 	mux.HandleFunc("GET /healthz", health)
 	mux.HandleFunc("GET /readyz", health)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /pair", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if a.pair == nil {
+			w.WriteHeader(http.StatusNotFound)
+			json.NewEncoder(w).Encode(map[string]string{"error": "this appliance is not a pair member"})
+			return
+		}
+		json.NewEncoder(w).Encode(a.pair.view(a.Config().pairMember().VIP))
+	})
 	return mux
 }
 

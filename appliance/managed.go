@@ -123,6 +123,11 @@ func RunManaged(ctx context.Context, o ManagedOptions) (err error) {
 	rep := newReporter(reporterOptions{Source: m.pathAggregates, Send: c.ReportPaths, Logger: log})
 	rep.start()
 	defer rep.close()
+	// Pair reports: on every change of the member's role and every 30 s.
+	prep := newPairReporter(m.pairState, c.ReportPair, log)
+	m.setPairNotify(prep.poke)
+	prep.start()
+	defer prep.close()
 
 	have := first
 	failures := 0
@@ -181,9 +186,11 @@ func enrollWithRetry(ctx context.Context, c *Client, req EnrollRequest, maxBacko
 type managed struct {
 	log   *slog.Logger
 	local Local
-	mu    sync.Mutex // guards a, which the path reporter reads
+	mu    sync.Mutex // guards a, which the path reporter reads, and pairNotify
 	a     *Appliance
 	usage *usage // nil until RunManaged starts it
+	// pairNotify wakes the pair reporter (pairmember.go).
+	pairNotify func()
 }
 
 // running returns the running appliance, nil before the first netmap.
@@ -197,7 +204,9 @@ func (m *managed) running() *Appliance {
 func (m *managed) setRunning(a *Appliance) {
 	m.mu.Lock()
 	m.a = a
+	notify := m.pairNotify
 	m.mu.Unlock()
+	a.notifyPair(notify)
 	if m.usage != nil {
 		m.usage.attach(a)
 	}

@@ -28,6 +28,11 @@ type Local struct {
 	HTTPListen string
 	Uplinks    []Uplink       // empty: kernel-routed sockets
 	Gateway    *GatewayConfig // nil: not the LAN's Internet gateway
+	// Pair, if set, makes the appliance a member of its site's pair
+	// (pairmember.go); PairPriority is its priority until the controller's
+	// netmap carries one (once the site has both members).
+	Pair         *PairLocal
+	PairPriority int
 }
 
 // ConfigFromNetmap builds the appliance config for nm. The result passes
@@ -53,7 +58,14 @@ func ConfigFromNetmap(l Local, nm *netmap.Netmap) (*Config, error) {
 		c.ProbeInterval = nm.Probes.Interval
 	}
 	if nm.Pair != nil {
-		c.Pair = &PairSelf{Priority: nm.Pair.Priority, Drained: nm.Pair.Drained}
+		c.Pair = &PairSelf{Priority: nm.Pair.Priority, Drained: nm.Pair.Drained, Site: nm.Site}
+	}
+	if l.Pair != nil {
+		if c.Pair == nil {
+			c.Pair = &PairSelf{Priority: l.PairPriority, Site: nm.Site}
+		}
+		m := *l.Pair
+		c.Pair.Member = &m
 	}
 	for _, p := range nm.Peers {
 		pc := PeerConfig{

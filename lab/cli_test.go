@@ -106,6 +106,11 @@ func TestCLI(t *testing.T) {
 				Addr string `json:"addr"`
 			} `json:"uplinks"`
 			OverlayAddr string `json:"overlay_addr"`
+			Pair        *struct {
+				Role   string `json:"role"`
+				Active bool   `json:"active"`
+				Term   uint64 `json:"term"`
+			} `json:"pair"`
 		} `json:"appliances"`
 		Services []struct {
 			Name string `json:"name"`
@@ -118,12 +123,17 @@ func TestCLI(t *testing.T) {
 			PID           int    `json:"pid"`
 			CAFingerprint string `json:"ca_fingerprint"`
 		} `json:"controller"`
+		Pairs []struct {
+			Site    string   `json:"site"`
+			Active  string   `json:"active"`
+			Members []string `json:"members"`
+		} `json:"pairs"`
 	}
 	// Decode by the documented field names only: fields may be added.
 	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
 		t.Fatalf("decoding status: %v\n%s", err, stdout)
 	}
-	if st.Instance != inst || len(st.Hosts) != 4 || len(st.Appliances) != 3 || len(st.Services) != 2 {
+	if st.Instance != inst || len(st.Hosts) != 4 || len(st.Appliances) != 4 || len(st.Services) != 2 || len(st.Pairs) != 1 {
 		t.Fatalf("status: %s", stdout)
 	}
 	for _, h := range st.Hosts {
@@ -132,7 +142,7 @@ func TestCLI(t *testing.T) {
 		}
 	}
 	for _, a := range st.Appliances {
-		if a.PID <= 0 || a.Netns != "cw-"+inst+"-"+a.Name || a.Site != a.Name || a.OverlayAddr == "" ||
+		if a.PID <= 0 || a.Netns != "cw-"+inst+"-"+a.Name || !strings.HasPrefix(a.Name, a.Site) || a.OverlayAddr == "" ||
 			len(a.Uplinks) == 0 || strings.Contains(a.Uplinks[0].Addr, "/") {
 			t.Errorf("appliance %+v", a)
 		}
@@ -140,12 +150,20 @@ func TestCLI(t *testing.T) {
 		for _, u := range a.Uplinks {
 			ups = append(ups, u.Name)
 		}
-		if want := map[string]string{"office-1": "wan1,wan2"}[a.Name]; strings.Join(ups, ",") != cmp.Or(want, "wan0") {
+		if want := map[string]string{memberA: "wan1", memberB: "wan2"}[a.Name]; strings.Join(ups, ",") != cmp.Or(want, "wan0") {
 			t.Errorf("appliance %+v", a)
+		}
+		// lab up returns with one active member of the pair.
+		if wantPair := a.Name == memberA || a.Name == memberB; (a.Pair != nil) != wantPair ||
+			(wantPair && (a.Pair.Active != (a.Name == memberA) || a.Pair.Role == "" || a.Pair.Term == 0)) {
+			t.Errorf("appliance %s: pair %+v", a.Name, a.Pair)
 		}
 		if _, err := os.Stat("/proc/" + strconv.Itoa(a.PID)); err != nil {
 			t.Errorf("appliance %s: pid %d does not run", a.Name, a.PID)
 		}
+	}
+	if p := st.Pairs[0]; p.Site != "office-1" || p.Active != memberA || strings.Join(p.Members, ",") != memberA+","+memberB {
+		t.Errorf("pair %+v", p)
 	}
 	if sv := st.Services[0]; sv.Name != "backend-http" || sv.Host != "vpc-1-backend-1" || sv.URL != "http://10.20.0.10/" {
 		t.Errorf("service %+v", sv)
@@ -190,8 +208,8 @@ func TestCLI(t *testing.T) {
 
 	// impair: the link may come before or after the flags; lab down
 	// removes the delay stage with everything else.
-	stdout, stderr, code = causeway(t, "lab", "impair", "--instance", inst, "office-1/wan2", "--loss", "2%", "--delay", "5ms")
-	if code != 0 || strings.TrimSpace(stdout) != "office-1/wan2: loss 2%, delay 5ms" {
+	stdout, stderr, code = causeway(t, "lab", "impair", "--instance", inst, "office-1b/wan2", "--loss", "2%", "--delay", "5ms")
+	if code != 0 || strings.TrimSpace(stdout) != "office-1b/wan2: loss 2%, delay 5ms" {
 		t.Errorf("lab impair: exit %d:\n%s%s", code, stdout, stderr)
 	}
 	for _, tc := range []struct {
@@ -199,10 +217,11 @@ func TestCLI(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"office-1/wan1"}, 2, "nothing to do"},
-		{[]string{"office-1/wan1", "--loss", "120%"}, 2, "percentage"},
-		{[]string{"office-1/wan1", "--clear", "--down"}, 2, "--clear"},
-		{[]string{"office-1"}, 2, "NODE/IFACE"},
+		{[]string{"office-1a/wan1"}, 2, "nothing to do"},
+		{[]string{"office-1a/wan1", "--loss", "120%"}, 2, "percentage"},
+		{[]string{"office-1a/wan1", "--clear", "--down"}, 2, "--clear"},
+		{[]string{"office-1a"}, 2, "NODE/IFACE"},
+		{[]string{"office-1a/wan2", "--down"}, 1, "not a link to inet"},
 		{[]string{"home-1/wan0", "--down"}, 1, "not a link to inet"},
 	} {
 		args := append([]string{"lab", "impair", "--instance", inst}, tc.args...)

@@ -232,7 +232,7 @@ func (l *Lab) startRecorded(name, kind, node string, argv []string, env ...strin
 }
 
 // provision creates the lab's tenant and sites through the API and returns
-// one fresh enrollment token per appliance.
+// one fresh enrollment token per appliance (two for the pair's site).
 func (l *Lab) provision(ctx context.Context) (map[string]string, error) {
 	tn := l.Tenant()
 	var v struct {
@@ -244,8 +244,7 @@ func (l *Lab) provision(ctx context.Context) (map[string]string, error) {
 	if err := l.ctlJSON(ctx, &v, "tenant", "update", tn, "--billing-customer", BillingCustomer); err != nil {
 		return nil, err
 	}
-	tokens := map[string]string{}
-	for _, a := range l.t.appliances {
+	for _, a := range l.t.sites() {
 		args := []string{"site", "create", tn, a.site, "--kind", a.kind}
 		for _, p := range a.lan {
 			args = append(args, "--prefix", p.String())
@@ -253,6 +252,9 @@ func (l *Lab) provision(ctx context.Context) (map[string]string, error) {
 		if err := l.ctlJSON(ctx, &v, args...); err != nil {
 			return nil, err
 		}
+	}
+	tokens := map[string]string{}
+	for _, a := range l.t.appliances {
 		if err := l.ctlJSON(ctx, &v, "token", "create", tn, "--site", a.site, "--ttl", "10m",
 			"--description", "causeway lab: "+a.name); err != nil {
 			return nil, err

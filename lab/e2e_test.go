@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -197,24 +199,28 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("stop-start-appliance", func(t *testing.T) {
-		if err := l.StopAppliance("office-1"); err != nil {
+		if err := l.StopAppliance(memberA); err != nil {
 			t.Fatal(err)
 		}
 		for _, a := range l.Status().Appliances {
-			if a.Name == "office-1" && a.PID != 0 {
-				t.Errorf("office-1 stopped but status has pid %d", a.PID)
+			if a.Name == memberA && a.PID != 0 {
+				t.Errorf("%s stopped but status has pid %d", memberA, a.PID)
 			}
 		}
 		// The appliance removed its interface on SIGTERM.
-		out, _ := l.Command(ctx, "office-1", "cat", "/proc/net/dev").CombinedOutput()
+		out, _ := l.Command(ctx, memberA, "cat", "/proc/net/dev").CombinedOutput()
 		if strings.Contains(string(out), "cw0:") {
 			t.Errorf("cw0 still exists after the appliance stopped:\n%s", out)
 		}
-		if err := l.StartAppliance(ctx, "office-1"); err != nil {
+		if err := l.StartAppliance(ctx, memberA); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.StartAppliance(ctx, "office-1"); err == nil {
+		if err := l.StartAppliance(ctx, memberA); err == nil {
 			t.Error("starting a running appliance twice succeeded")
+		}
+		// It takes the pair's active role back (priority, preempt).
+		if err := l.waitPairs(ctx); err != nil {
+			t.Fatal(err)
 		}
 		for _, a := range l.Status().Appliances {
 			if a.PID == 0 {
@@ -231,10 +237,12 @@ func TestEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, want := o.Status(), l.Status(); fmt.Sprint(got) != fmt.Sprint(want) {
-			t.Errorf("Open's status:\n%+v\nwant\n%+v", got, want)
+		got, _ := json.Marshal(o.Status())
+		want, _ := json.Marshal(l.Status())
+		if !bytes.Equal(got, want) {
+			t.Errorf("Open's status:\n%s\nwant\n%s", got, want)
 		}
-		if cfg := o.ApplianceConfig("home-1"); cfg == nil || cfg.Name != "home-1" || len(cfg.Peers) != 2 {
+		if cfg := o.ApplianceConfig("home-1"); cfg == nil || cfg.Name != "home-1" || len(cfg.Peers) != 3 {
 			t.Errorf("ApplianceConfig(home-1) = %+v", cfg)
 		}
 		if o.ApplianceConfig("nosuch") != nil {

@@ -16,24 +16,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// office-1's public addresses, one per ISP.
+// office-1's public addresses, one per ISP: office-1a's wan1, office-1b's
+// wan2.
 var (
 	office1Wan1 = addr("198.18.1.2")
 	office1Wan2 = addr("198.18.4.2")
 )
 
-// gatewayMetric names one of office-1's gateway series for an uplink.
+// gatewayMetric names one of a gateway's series for an uplink.
 func gatewayMetric(name, uplink string) string {
 	return "causeway_gateway_" + name + `{uplink="` + uplink + `"}`
 }
 
-// natAddrOf returns the address office-1 NATs the UDP flow from local
-// (on office-1-host) to dst to, from office-1's conntrack table; the zero
-// Addr if there is no such flow.
+// natAddrOf returns the address office-1a NATs the UDP flow from local
+// (on office-1-host) to dst to, from its conntrack table: its wan1 address
+// for a flow over ISP 1, its LAN address for one over the borrowed ISP 2
+// (office-1b masquerades it in turn); the zero Addr if there is no such
+// flow.
 func natAddrOf(t *testing.T, l *Lab, local, dst netip.AddrPort) netip.Addr {
 	t.Helper()
 	var h *netlink.Handle
-	if err := inNetns(l.Netns("office-1"), func() (err error) {
+	if err := inNetns(l.Netns(memberA), func() (err error) {
 		h, err = netlink.NewHandle(unix.NETLINK_NETFILTER)
 		return err
 	}); err != nil {
@@ -56,9 +59,10 @@ func natAddrOf(t *testing.T, l *Lab, local, dst netip.AddrPort) netip.Addr {
 	return netip.Addr{}
 }
 
-// TestGateway checks office-1 as its LAN's Internet gateway: office-1-host
-// reaches web-1 on the Internet over both ISPs, NATed; cutting wan1 moves
-// a 10 ms UDP stream to wan2 with a gap of at most 1 s.
+// TestGateway checks office-1's pair as its LAN's Internet gateway, with
+// office-1a active: office-1-host reaches web-1 on the Internet over both
+// ISPs (its own wan1, and wan2 borrowed from office-1b), NATed; cutting
+// wan1 moves a 10 ms UDP stream to wan2 with a gap of at most 1 s.
 func TestGateway(t *testing.T) {
 	l := upLab(t, "gw", 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -67,12 +71,12 @@ func TestGateway(t *testing.T) {
 		return sum(m, gatewayMetric("uplink_healthy", "wan1")) == 1 && sum(m, gatewayMetric("uplink_healthy", "wan2")) == 1 &&
 			sum(m, gatewayMetric("uplink_nexthop", "wan1")) == 1 && sum(m, gatewayMetric("uplink_nexthop", "wan2")) == 1
 	}
-	waitMetric(ctx, t, l, "office-1", bothHealthy)
+	waitMetric(ctx, t, l, memberA, bothHealthy)
 	webURL := "http://" + webAddr.String() + "/"
 	echoAddr := netip.AddrPortFrom(webAddr, webEchoPort)
 
 	t.Run("both-uplinks", func(t *testing.T) {
-		before, err := metrics(ctx, l, "office-1")
+		before, err := metrics(ctx, l, memberA)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -105,13 +109,13 @@ func TestGateway(t *testing.T) {
 		t.Logf("%d connections from office-1-host to web-1: %d via wan1 (%s), %d via wan2 (%s)",
 			n, per[office1Wan1], office1Wan1, per[office1Wan2], office1Wan2)
 		if per[office1Wan1]+per[office1Wan2] != n {
-			t.Fatalf("web-1 saw other sources than office-1's uplinks: %v", per)
+			t.Fatalf("web-1 saw other sources than office-1's two ISPs: %v", per)
 		}
 		// Binomial(64, 1/2): mean 32, standard deviation 4.
 		if per[office1Wan1] < n/4 || per[office1Wan2] < n/4 {
 			t.Errorf("unfair spread over the uplinks: %v", per)
 		}
-		after, err := metrics(ctx, l, "office-1")
+		after, err := metrics(ctx, l, memberA)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +128,7 @@ func TestGateway(t *testing.T) {
 	})
 
 	t.Run("wan1-cut", func(t *testing.T) {
-		// A flow that office-1 sends over wan1: the hash decides, so try
+		// A flow that office-1a sends over wan1: the hash decides, so try
 		// source ports until one lands there.
 		var tx *net.UDPConn
 		buf := make([]byte, 64)
@@ -166,7 +170,7 @@ func TestGateway(t *testing.T) {
 		start := time.Now()
 		for i := range n {
 			if i == 200 {
-				if err := l.Impair(ctx, "office-1", "wan1", Impairment{Down: true}); err != nil {
+				if err := l.Impair(ctx, memberA, "wan1", Impairment{Down: true}); err != nil {
 					t.Fatal(err)
 				}
 				cut = time.Now()
@@ -178,7 +182,7 @@ func TestGateway(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		tx.SetReadDeadline(time.Now())
 		<-done
-		defer l.Clear("office-1", "wan1")
+		defer l.Clear(memberA, "wan1")
 		var longest time.Duration
 		after := 0
 		for i := 1; i < len(arrivals); i++ {
@@ -197,19 +201,19 @@ func TestGateway(t *testing.T) {
 		if after < 300 {
 			t.Errorf("only %d echoes after the cut: the stream did not move to wan2", after)
 		}
-		if nat != office1Wan2 {
-			t.Errorf("the flow is NATed to %v after the cut, want wan2's %v", nat, office1Wan2)
+		if lan := l.t.lanAddr(memberA); nat != lan {
+			t.Errorf("the flow is NATed to %v after the cut, want the LAN address %v (the borrowed wan2)", nat, lan)
 		}
-		m, err := metrics(ctx, l, "office-1")
+		m, err := metrics(ctx, l, memberA)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if sum(m, gatewayMetric("uplink_healthy", "wan1")) != 0 || sum(m, gatewayMetric("uplink_nexthop", "wan1")) != 0 {
 			t.Errorf("wan1 still healthy or a next hop after the cut")
 		}
-		if err := l.Clear("office-1", "wan1"); err != nil {
+		if err := l.Clear(memberA, "wan1"); err != nil {
 			t.Fatal(err)
 		}
-		waitMetric(ctx, t, l, "office-1", bothHealthy)
+		waitMetric(ctx, t, l, memberA, bothHealthy)
 	})
 }

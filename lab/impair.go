@@ -168,13 +168,13 @@ func (t *topology) impairLink(node, dev string) (impairLink, error) {
 func ParseLink(s string) (node, iface string, err error) {
 	node, iface, ok := strings.Cut(s, "/")
 	if !ok || node == "" || iface == "" || strings.Contains(iface, "/") {
-		return "", "", fmt.Errorf("link %q: want NODE/IFACE, e.g. office-1/wan1", s)
+		return "", "", fmt.Errorf("link %q: want NODE/IFACE, e.g. office-1a/wan1", s)
 	}
 	return node, iface, nil
 }
 
 // Impair sets the impairment of the link between node's interface iface
-// and the Internet router (e.g. "office-1", "wan1"), replacing whatever
+// and the Internet router (e.g. "office-1a", "wan1"), replacing whatever
 // the link had: flags left zero are off. The zero Impairment is the same
 // as Clear. See Impairment for what is done where.
 func (l *Lab) Impair(ctx context.Context, node, iface string, im Impairment) error {

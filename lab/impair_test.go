@@ -22,22 +22,22 @@ func TestImpairLink(t *testing.T) {
 	for _, tc := range []struct {
 		node, dev, inet, subnet string
 	}{
-		{"office-1", "wan1", "office-1-wan1", "198.18.1.0/24"},
-		{"office-1", "wan2", "office-1-wan2", "198.18.4.0/24"},
+		{"office-1a", "wan1", "office-1a-wan1", "198.18.1.0/24"},
+		{"office-1b", "wan2", "office-1b-wan2", "198.18.4.0/24"},
 		{"vpc-1", "wan0", "vpc-1", "198.18.2.0/24"},
-		{"inet", "office-1-wan2", "office-1-wan2", "198.18.4.0/24"},
+		{"inet", "office-1b-wan2", "office-1b-wan2", "198.18.4.0/24"},
 	} {
 		k, err := labTopology.impairLink(tc.node, tc.dev)
 		if err != nil || k.inet != tc.inet || k.subnet != pfx(tc.subnet) || len(k.tun()) >= unix.IFNAMSIZ {
 			t.Errorf("%s/%s: %+v, %v", tc.node, tc.dev, k, err)
 		}
 	}
-	for _, bad := range [][2]string{{"home-1", "wan0"}, {"office-1", "lan0"}, {"office-1", "wan0"}, {"nope", "wan1"}} {
+	for _, bad := range [][2]string{{"home-1", "wan0"}, {"office-1a", "lan0"}, {"office-1a", "wan2"}, {"office-1", "wan1"}, {"nope", "wan1"}} {
 		if _, err := labTopology.impairLink(bad[0], bad[1]); err == nil {
 			t.Errorf("%s/%s is not a link to inet", bad[0], bad[1])
 		}
 	}
-	for _, s := range []string{"office-1", "office-1/", "/wan1", "a/b/c"} {
+	for _, s := range []string{"office-1a", "office-1a/", "/wan1", "a/b/c"} {
 		if _, _, err := ParseLink(s); err == nil {
 			t.Errorf("ParseLink(%q) succeeded", s)
 		}
@@ -249,18 +249,19 @@ func stats(ds []time.Duration) (mean, sd, p50, lo, hi time.Duration) {
 	return time.Duration(m), time.Duration(math.Sqrt(sq / float64(len(s)))), s[len(s)/2], s[0], s[len(s)-1]
 }
 
-// TestImpair impairs office-1's wan1 on the inet side and measures the
-// link with plain UDP sockets on both ends, independently of the
-// appliance: loss towards the appliance only, delay and jitter of round trips, a
-// cut link (with wan2 still working), and clearing.
+// TestImpair impairs office-1a's wan1 (the office's ISP 1) on the inet side
+// and measures the link with plain UDP sockets on both ends, independently
+// of the appliance: loss towards the appliance only, delay and jitter of
+// round trips, a cut link (with office-1b's wan2, ISP 2, still working),
+// and clearing.
 func TestImpair(t *testing.T) {
 	t.Parallel()
 	l := upLab(t, "imp", os.Getpid())
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	inet, office, vpc := l.Netns("inet"), l.Netns("office-1"), l.Netns("vpc-1")
+	inet, office, office2, vpc := l.Netns("inet"), l.Netns("office-1a"), l.Netns("office-1b"), l.Netns("vpc-1")
 
-	// office-1 -> inet and inet -> office-1 over wan1; echoes on inet's
+	// office-1a -> inet and inet -> office-1a over wan1; echoes on inet's
 	// address of the link and on vpc-1's, across inet.
 	upRx := udpIn(t, inet, "198.18.1.1:9001")
 	upTx := udpDial(t, office, "wan1", "198.18.1.1:9001")
@@ -270,13 +271,13 @@ func TestImpair(t *testing.T) {
 	go echo(udpIn(t, vpc, "198.18.2.2:9007"))
 	echoInet := udpDial(t, office, "wan1", "198.18.1.1:9007")
 	echoVPC1 := udpDial(t, office, "wan1", "198.18.2.2:9007")
-	echoVPC2 := udpDial(t, office, "wan2", "198.18.2.2:9007")
+	echoVPC2 := udpDial(t, office2, "wan2", "198.18.2.2:9007")
 
 	_, _, base, _, _ := stats(rtts(echoInet, 200, time.Millisecond, 50*time.Millisecond))
 	t.Logf("baseline RTT over wan1: median %v", base)
 
 	t.Run("loss", func(t *testing.T) {
-		if err := l.Impair(ctx, "office-1", "wan1", Impairment{Loss: 5}); err != nil {
+		if err := l.Impair(ctx, "office-1a", "wan1", Impairment{Loss: 5}); err != nil {
 			t.Fatal(err)
 		}
 		const n = 2000
@@ -285,7 +286,7 @@ func TestImpair(t *testing.T) {
 		wg.Go(func() { up = stream(upTx, upRx, n, 500*time.Microsecond) })
 		wg.Go(func() { down = stream(downTx, downRx, n, 500*time.Microsecond) })
 		wg.Wait()
-		ctr, err := l.ImpairCounters("office-1", "wan1")
+		ctr, err := l.ImpairCounters("office-1a", "wan1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -294,7 +295,7 @@ func TestImpair(t *testing.T) {
 			got  int
 			ctr  DirectionCounters
 			want float64
-		}{{"office-1 -> inet", up, ctr.In, 0}, {"inet -> office-1", down, ctr.Out, 5}} {
+		}{{"office-1a -> inet", up, ctr.In, 0}, {"inet -> office-1a", down, ctr.Out, 5}} {
 			lost := 100 * float64(n-d.got) / n
 			t.Logf("%s: %d of %d datagrams lost (%.2f%%); counters %+v", d.name, n-d.got, n, lost, d.ctr)
 			if math.Abs(lost-d.want) > 1.5 {
@@ -308,7 +309,7 @@ func TestImpair(t *testing.T) {
 	})
 
 	t.Run("delay", func(t *testing.T) {
-		if err := l.Impair(ctx, "office-1", "wan1", Impairment{Delay: 30 * time.Millisecond}); err != nil {
+		if err := l.Impair(ctx, "office-1a", "wan1", Impairment{Delay: 30 * time.Millisecond}); err != nil {
 			t.Fatal(err)
 		}
 		// 4000 requests/s: the stage holds about 120 packets at a time.
@@ -332,17 +333,17 @@ func TestImpair(t *testing.T) {
 		// The same over wan1 to vpc-1, across inet.
 		_, _, p50, _, _ = stats(rtts(echoVPC1, 100, time.Millisecond, 100*time.Millisecond))
 		if (p50 - 30*time.Millisecond).Abs() > 3*time.Millisecond {
-			t.Errorf("office-1 -> vpc-1 over wan1: median RTT %v, want about 30ms", p50)
+			t.Errorf("office-1a -> vpc-1 over wan1: median RTT %v, want about 30ms", p50)
 		}
-		// wan2 is another link: not delayed.
+		// office-1b's wan2 is another link: not delayed.
 		if _, _, p50, _, _ = stats(rtts(echoVPC2, 50, time.Millisecond, 100*time.Millisecond)); p50 > 5*time.Millisecond {
-			t.Errorf("office-1 -> vpc-1 over wan2: median RTT %v, want no delay", p50)
+			t.Errorf("office-1b -> vpc-1 over wan2: median RTT %v, want no delay", p50)
 		}
 	})
 
 	t.Run("jitter", func(t *testing.T) {
 		const d, j = 30 * time.Millisecond, 5 * time.Millisecond
-		if err := l.Impair(ctx, "office-1", "wan1", Impairment{Delay: d, Jitter: j}); err != nil {
+		if err := l.Impair(ctx, "office-1a", "wan1", Impairment{Delay: d, Jitter: j}); err != nil {
 			t.Fatal(err)
 		}
 		rs := rtts(echoInet, 1000, time.Millisecond, 100*time.Millisecond)
@@ -368,7 +369,7 @@ func TestImpair(t *testing.T) {
 	})
 
 	t.Run("down", func(t *testing.T) {
-		if err := l.Impair(ctx, "office-1", "wan1", Impairment{Down: true}); err != nil {
+		if err := l.Impair(ctx, "office-1a", "wan1", Impairment{Down: true}); err != nil {
 			t.Fatal(err)
 		}
 		if up := stream(upTx, upRx, 50, time.Millisecond); up != 0 {
@@ -389,22 +390,21 @@ func TestImpair(t *testing.T) {
 		if wan1, err := h.LinkByName("wan1"); err != nil || wan1.Attrs().OperState != netlink.OperUp {
 			t.Errorf("wan1: %v", err)
 		}
-		// What the appliance's wan2 socket would do once it switches: a
-		// socket pinned to wan2 reaches vpc-1 and hears back (loose
-		// reverse-path filtering lets the answer in).
+		// The other ISP is untouched: a socket pinned to office-1b's wan2
+		// reaches vpc-1 and hears back.
 		if rs := rtts(echoVPC2, 50, time.Millisecond, 100*time.Millisecond); len(rs) != 50 {
 			t.Errorf("%d of 50 echoes to vpc-1 over wan2 with wan1 cut", len(rs))
 		}
 	})
 
 	t.Run("clear", func(t *testing.T) {
-		if err := l.Impair(ctx, "office-1", "wan1", Impairment{Delay: 10 * time.Millisecond, Loss: 1}); err != nil {
+		if err := l.Impair(ctx, "office-1a", "wan1", Impairment{Delay: 10 * time.Millisecond, Loss: 1}); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.Clear("office-1", "wan1"); err != nil {
+		if err := l.Clear("office-1a", "wan1"); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.Clear("office-1", "wan1"); err != nil {
+		if err := l.Clear("office-1a", "wan1"); err != nil {
 			t.Errorf("clearing twice: %v", err)
 		}
 		if up := stream(upTx, upRx, 200, 200*time.Microsecond); up != 200 {
@@ -413,7 +413,7 @@ func TestImpair(t *testing.T) {
 		if _, _, p50, _, _ := stats(rtts(echoInet, 100, time.Millisecond, 50*time.Millisecond)); p50 > 2*time.Millisecond {
 			t.Errorf("median RTT %v after clearing", p50)
 		}
-		if _, err := l.ImpairCounters("office-1", "wan1"); err == nil {
+		if _, err := l.ImpairCounters("office-1a", "wan1"); err == nil {
 			t.Error("counters of a cleared link")
 		}
 		out, _ := l.Command(ctx, "inet", "ip", "rule").CombinedOutput()
@@ -425,13 +425,13 @@ func TestImpair(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer h.Close()
-		k, _ := l.t.impairLink("office-1", "wan1")
+		k, _ := l.t.impairLink("office-1a", "wan1")
 		if _, err := h.LinkByName(k.tun()); err == nil {
 			t.Errorf("%s still exists after clearing", k.tun())
 		}
 		l.mu.Lock()
 		l.reloadLocked()
-		left := l.procLocked("delay-office-1-wan1")
+		left := l.procLocked("delay-office-1a-wan1")
 		l.mu.Unlock()
 		if left != nil {
 			t.Errorf("delay stage still recorded: %+v", left)

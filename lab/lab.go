@@ -9,11 +9,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -218,8 +218,19 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		if err := l.waitHealthy(wctx, a.name); err != nil {
 			return nil, err
 		}
+		if a.pair != nil && a.pair.priority != defaultPriority {
+			// Before the partner enrolls: from the pair's first netmap on,
+			// the controller's priority is the one in force.
+			var v struct{}
+			if err := l.ctlJSON(wctx, &v, "pair", "priority", l.Tenant(), a.name, strconv.Itoa(a.pair.priority)); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if err := l.waitNetmaps(wctx); err != nil {
+		return nil, err
+	}
+	if err := l.waitPairs(wctx); err != nil {
 		return nil, err
 	}
 	for _, host := range []string{"office-1-host", "home-1-host"} {
@@ -227,7 +238,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 			return nil, err
 		}
 	}
-	// office-1 is its LAN's Internet gateway.
+	// office-1's pair is its LAN's Internet gateway.
 	if err := l.waitReachable(wctx, "office-1-host", *l.service("web-http")); err != nil {
 		return nil, err
 	}
@@ -284,6 +295,14 @@ func (l *Lab) Down() error {
 
 // Status describes the instance.
 func (l *Lab) Status() Status {
+	// The pair members' views first, over HTTP, without the lock.
+	views := l.pairStatuses(func(name string) bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.reloadLocked()
+		r := l.procLocked(name)
+		return r != nil && r.isOurs()
+	})
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.reloadLocked()
@@ -295,6 +314,7 @@ func (l *Lab) Status() Status {
 			}
 			return 0
 		},
+		pair: func(name string) *appliance.PairView { return views[name] },
 		overlay: func(name string) string {
 			if nm, err := appliance.LoadNetmap(l.applianceDir(name)); err == nil && nm != nil {
 				return nm.OverlayAddr.String()
@@ -423,6 +443,12 @@ func (l *Lab) local(a *applianceSpec) appliance.Local {
 	if a.gateway != "" {
 		loc.Gateway = &appliance.GatewayConfig{LANInterface: a.gateway}
 	}
+	if p := a.pair; p != nil {
+		loc.Pair = &appliance.PairLocal{Preempt: true, LANInterface: a.gateway, LANAddr: l.t.lanAddr(a.name),
+			PartnerLANAddr: l.t.lanAddr(p.partner), VIP: p.vip, WANInterface: a.wans[0], WANAddr: l.t.pairWANAddr(a.name),
+			PartnerWANAddr: l.t.pairWANAddr(p.partner), BorrowedUplink: p.borrowed, LendPort: lendPort}
+		loc.PairPriority = p.priority
+	}
 	return loc
 }
 
@@ -467,6 +493,33 @@ func (l *Lab) service(name string) *serviceSpec {
 // applianceDir is the appliance's state directory: its key, credential,
 // last netmap and log.
 func (l *Lab) applianceDir(name string) string { return filepath.Join(l.dir, name) }
+
+// KillAppliance ends the named appliance with SIGKILL, as a crash would,
+// and waits for it to exit. What it set up in its namespace stays as a
+// crash leaves it (its gateway's rules, its VIP until the lease runs out);
+// StartAppliance cleans that up. Killing a stopped appliance is not an
+// error.
+func (l *Lab) KillAppliance(name string) error {
+	if l.t.appliance(name) == nil {
+		return fmt.Errorf("lab: no appliance %q", name)
+	}
+	l.mu.Lock()
+	l.reloadLocked()
+	r := l.procLocked(name)
+	var rec procRecord
+	if r != nil {
+		rec = *r
+	}
+	l.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	if err := killProcess(rec); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	l.log.Info("appliance killed", "appliance", name)
+	return nil
+}
 
 // StopAppliance stops the named appliance (SIGTERM, SIGKILL after a
 // timeout) and waits for it to exit. Stopping a stopped appliance is not
@@ -524,9 +577,10 @@ func (l *Lab) StartAppliance(ctx context.Context, name string) error {
 }
 
 // applianceArgv is the command line of a controller-managed appliance:
-// one pinned socket per uplink, one endpoint per uplink address, and the
-// Internet gateway where the topology makes it one. An appliance behind
-// NAT reports no endpoints: it only dials out.
+// one pinned socket per uplink, its endpoints (one per uplink address and,
+// for a pair member, the partner's lend port), the Internet gateway where
+// the topology makes it one, and the pair member's settings. An appliance
+// behind NAT reports no endpoints: it only dials out.
 func (l *Lab) applianceArgv(a *applianceSpec, caFingerprint string) []string {
 	argv := []string{l.binary, "appliance",
 		"--controller", l.ControllerURL(),
@@ -535,15 +589,23 @@ func (l *Lab) applianceArgv(a *applianceSpec, caFingerprint string) []string {
 		"--name", a.name,
 		"--uplinks", strings.Join(a.wans, ","),
 	}
-	if !a.natted {
-		var eps []string
-		for _, w := range a.wans {
-			eps = append(eps, netip.AddrPortFrom(l.t.iface(a.name, w).addr.Addr(), listenPort).String())
+	if eps := l.t.endpoints(a); len(eps) > 0 {
+		var s []string
+		for _, ep := range eps {
+			s = append(s, ep.String())
 		}
-		argv = append(argv, "--endpoints", strings.Join(eps, ","))
+		argv = append(argv, "--endpoints", strings.Join(s, ","))
 	}
 	if a.gateway != "" {
 		argv = append(argv, "--gateway", a.gateway)
+	}
+	if p := a.pair; p != nil {
+		// As local() has it.
+		argv = append(argv, "--pair-vip", p.vip.String(),
+			"--pair-lan-addr", l.t.lanAddr(a.name).String(), "--pair-partner-lan-addr", l.t.lanAddr(p.partner).String(),
+			"--pair-wan-interface", a.wans[0], "--pair-wan-addr", l.t.pairWANAddr(a.name).String(),
+			"--pair-partner-wan", l.t.pairWANAddr(p.partner).String(), "--pair-borrowed-uplink", p.borrowed,
+			"--pair-lend-port", strconv.Itoa(lendPort), "--pair-priority", strconv.Itoa(p.priority), "--pair-preempt")
 	}
 	return argv
 }

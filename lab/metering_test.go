@@ -25,7 +25,7 @@ func TestMetering(t *testing.T) {
 	l := upLab(t, "meter", os.Getpid())
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	enr, err := appliance.LoadEnrollment(l.applianceDir("office-1"))
+	enr, err := appliance.LoadEnrollment(l.applianceDir("office-1a"))
 	if err != nil || enr == nil {
 		t.Fatalf("office-1's enrollment: %v", err)
 	}

@@ -50,7 +50,8 @@ next:
 	return s
 }
 
-// pathOf gives the label parts of office-1's paths to vpc-1.
+// pathOf gives the label parts of office-1a's paths to vpc-1: over its
+// own wan1 and over wan2, borrowed from office-1b.
 func pathOf(uplink string) []string {
 	return []string{`peer="vpc-1"`, `remote="198.18.2.2:51820"`, `uplink="` + uplink + `"`}
 }
@@ -70,10 +71,11 @@ func waitMetric(ctx context.Context, t *testing.T, l *Lab, name string, ok func(
 	}
 }
 
-// TestPaths checks path probing in the lab: office-1 probes vpc-1 over
-// both ISPs; cutting the active one under a 10 ms UDP stream moves the
-// traffic with a gap of at most 1 s; restoring it does not flap; injected
-// loss and delay show in the reported figures.
+// TestPaths checks path probing in the lab: office-1a probes vpc-1 over
+// both ISPs (wan2 borrowed from its partner office-1b); cutting the active
+// one under a 10 ms UDP stream moves the traffic with a gap of at most 1
+// s; restoring it does not flap; injected loss and delay show in the
+// reported figures.
 func TestPaths(t *testing.T) {
 	l := upLab(t, "path", 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -84,7 +86,7 @@ func TestPaths(t *testing.T) {
 			return sum(m, append(pathOf(uplink), "causeway_path_up")...) == 1
 		}
 	}
-	waitMetric(ctx, t, l, "office-1", func(m map[string]float64) bool {
+	waitMetric(ctx, t, l, memberA, func(m map[string]float64) bool {
 		return up("wan1")(m) && up("wan2")(m) && sum(m, append(pathOf("wan1"), "causeway_path_active")...) == 1
 	})
 
@@ -110,7 +112,7 @@ func TestPaths(t *testing.T) {
 		start := time.Now()
 		for i := range n {
 			if i == 200 {
-				if err := l.Impair(ctx, "office-1", "wan1", Impairment{Down: true}); err != nil {
+				if err := l.Impair(ctx, memberA, "wan1", Impairment{Down: true}); err != nil {
 					t.Fatal(err)
 				}
 				cut = time.Now()
@@ -138,7 +140,7 @@ func TestPaths(t *testing.T) {
 		if after < 300 {
 			t.Errorf("only %d datagrams arrived after the cut: traffic did not move to wan2", after)
 		}
-		m, err := metrics(ctx, l, "office-1")
+		m, err := metrics(ctx, l, memberA)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -148,16 +150,16 @@ func TestPaths(t *testing.T) {
 	})
 
 	t.Run("restore-no-flap", func(t *testing.T) {
-		before, err := metrics(ctx, l, "office-1")
+		before, err := metrics(ctx, l, memberA)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := l.Clear("office-1", "wan1"); err != nil {
+		if err := l.Clear(memberA, "wan1"); err != nil {
 			t.Fatal(err)
 		}
-		waitMetric(ctx, t, l, "office-1", up("wan1"))
+		waitMetric(ctx, t, l, memberA, up("wan1"))
 		time.Sleep(5 * time.Second)
-		after, err := metrics(ctx, l, "office-1")
+		after, err := metrics(ctx, l, memberA)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,14 +171,18 @@ func TestPaths(t *testing.T) {
 	})
 
 	t.Run("loss", func(t *testing.T) {
-		// Every path whose probes cross wan1 towards office-1, where the
-		// loss is injected: office-1's own paths on wan1 lose replies,
-		// vpc-1's and home-1's paths to office-1's wan1 address lose
-		// requests.
+		// Every path whose probes cross wan1 towards office-1a, where the
+		// loss is injected: the pair's paths to vpc-1 on wan1 (office-1a's
+		// own, office-1b's borrowed) lose replies, vpc-1's and home-1's
+		// paths to the wan1 address (office-1a's port, and the one lent to
+		// office-1b) lose requests.
 		crossing := []struct{ appliance, peer, uplink, remote string }{
-			{"office-1", "vpc-1", "wan1", "198.18.2.2:51820"},
-			{"vpc-1", "office-1", "wan0", "198.18.1.2:51820"},
-			{"home-1", "office-1", "wan0", "198.18.1.2:51820"},
+			{memberA, "vpc-1", "wan1", "198.18.2.2:51820"},
+			{memberB, "vpc-1", "wan1", "198.18.2.2:51820"},
+			{"vpc-1", memberA, "wan0", "198.18.1.2:51820"},
+			{"vpc-1", memberB, "wan0", "198.18.1.2:51821"},
+			{"home-1", memberA, "wan0", "198.18.1.2:51820"},
+			{"home-1", memberB, "wan0", "198.18.1.2:51821"},
 		}
 		probeCounts := func() (lost, received float64) {
 			for _, c := range crossing {
@@ -190,20 +196,20 @@ func TestPaths(t *testing.T) {
 			}
 			return
 		}
-		if err := l.Impair(ctx, "office-1", "wan1", Impairment{Loss: 5}); err != nil {
+		if err := l.Impair(ctx, memberA, "wan1", Impairment{Loss: 5}); err != nil {
 			t.Fatal(err)
 		}
-		defer l.Clear("office-1", "wan1")
+		defer l.Clear(memberA, "wan1")
 		// A probe settles (answered or lost) within the 1 s loss timeout:
 		// start counting once those sent before the impairment have.
 		time.Sleep(1500 * time.Millisecond)
 		l0, r0 := probeCounts()
-		c0, err := l.ImpairCounters("office-1", "wan1")
+		c0, err := l.ImpairCounters(memberA, "wan1")
 		if err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(60 * time.Second)
-		c1, err := l.ImpairCounters("office-1", "wan1")
+		c1, err := l.ImpairCounters(memberA, "wan1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -211,7 +217,7 @@ func TestPaths(t *testing.T) {
 		l1, r1 := probeCounts()
 		lost, got := l1-l0, r1-r0
 		reported := 100 * lost / (lost + got)
-		// What the router really dropped towards office-1 in the window:
+		// What the router really dropped towards office-1a in the window:
 		// nearly all of that traffic is probes, so this is the truth the
 		// report is held to; the injected 5% itself is a random draw.
 		dropped := float64(c1.Out.Dropped - c0.Out.Dropped)
@@ -228,17 +234,17 @@ func TestPaths(t *testing.T) {
 
 	t.Run("delay", func(t *testing.T) {
 		rtt := func() float64 {
-			m, err := metrics(ctx, l, "office-1")
+			m, err := metrics(ctx, l, memberA)
 			if err != nil {
 				t.Fatal(err)
 			}
 			return sum(m, append(pathOf("wan1"), "causeway_path_rtt_seconds", `stat="p50"`)...)
 		}
 		base := rtt()
-		if err := l.Impair(ctx, "office-1", "wan1", Impairment{Delay: 30 * time.Millisecond}); err != nil {
+		if err := l.Impair(ctx, memberA, "wan1", Impairment{Delay: 30 * time.Millisecond}); err != nil {
 			t.Fatal(err)
 		}
-		defer l.Clear("office-1", "wan1")
+		defer l.Clear(memberA, "wan1")
 		time.Sleep(12 * time.Second) // the RTT window is the last 50 replies (10 s)
 		added := (rtt() - base) * 1000
 		t.Logf("30 ms delay on wan1: reported p50 RTT %.2f ms -> up by %.2f ms", base*1000, added)
@@ -281,7 +287,7 @@ func TestPaths(t *testing.T) {
 		for _, p := range rep.Paths {
 			t.Logf("%s -> %s via %s to %s: %d probes, loss %.2f%%, RTT p50 %.2f ms",
 				p.Appliance, p.Peer, p.Uplink, p.Remote, p.Summary.Sent, p.Summary.LossPercent, p.Summary.RTTP50MS)
-			if p.Appliance != "office-1" {
+			if p.Appliance != memberA {
 				continue
 			}
 			seen[p.Uplink] = true
@@ -290,7 +296,7 @@ func TestPaths(t *testing.T) {
 			}
 		}
 		if !seen["wan1"] || !seen["wan2"] {
-			t.Errorf("report lacks office-1's paths: %v", seen)
+			t.Errorf("report lacks office-1a's paths: %v", seen)
 		}
 	})
 }

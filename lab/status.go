@@ -1,12 +1,15 @@
 package lab
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"net/netip"
 	"slices"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/causeway-net/causeway/appliance"
 )
 
 // Status describes a running instance. Its JSON form is printed by
@@ -23,6 +26,8 @@ type Status struct {
 	// Nodes lists every namespace of the instance, including the routers
 	// and switches, for `causeway lab exec`.
 	Nodes []NodeStatus `json:"nodes"`
+	// Pairs are the sites with two appliances: which member is active.
+	Pairs []PairStatus `json:"pairs"`
 }
 
 // HostStatus is a host on a site's LAN.
@@ -45,6 +50,9 @@ type ApplianceStatus struct {
 	// netmap the appliance applied; "" before the first.
 	OverlayAddr string   `json:"overlay_addr"`
 	LANAddrs    []string `json:"lan_addrs"`
+	// Pair is a pair member's role, from its GET /pair (role "" while it
+	// does not answer); absent for an appliance that is not a member.
+	Pair *ApplianceStatusPair `json:"pair,omitempty"`
 }
 
 // UplinkStatus is an appliance's WAN interface.
@@ -92,7 +100,9 @@ type liveState struct {
 	// controller, or 0.
 	pid func(name string) int
 	// overlay returns an appliance's overlay address, or "".
-	overlay       func(name string) string
+	overlay func(name string) string
+	// pair returns a pair member's view, nil if it does not answer.
+	pair          func(name string) *appliance.PairView
 	caFingerprint string
 }
 
@@ -106,6 +116,7 @@ func buildStatus(t *topology, instance, dir string, live liveState) Status {
 		Services:   []ServiceStatus{},
 		Nodes:      []NodeStatus{},
 	}
+	views := map[string]*appliance.PairView{}
 	for _, n := range t.nodes {
 		ns := netnsName(instance, n.name)
 		s.Nodes = append(s.Nodes, NodeStatus{Name: n.name, Role: n.role, Site: n.site, Netns: ns})
@@ -131,6 +142,13 @@ func buildStatus(t *topology, instance, dir string, live liveState) Status {
 				as.LANAddrs = append(as.LANAddrs, e.addr.Addr().String())
 			}
 		}
+		if a.pair != nil {
+			as.Pair = &ApplianceStatusPair{}
+			if v := live.pair(a.name); v != nil {
+				views[a.name] = v
+				as.Pair = &ApplianceStatusPair{Role: v.Role, Active: v.Role == "active", Term: v.Term, Since: rfc3339(v.Since)}
+			}
+		}
 		s.Appliances = append(s.Appliances, as)
 	}
 	for _, sv := range t.services {
@@ -140,6 +158,7 @@ func buildStatus(t *topology, instance, dir string, live liveState) Status {
 		}
 		s.Services = append(s.Services, ss)
 	}
+	s.Pairs = pairStatus(t, views)
 	c := t.controller
 	s.Controller = ControllerStatus{
 		URL:           "https://" + c.listen.String(),
@@ -187,6 +206,19 @@ func (s Status) WriteText(w io.Writer) error {
 		[][]string{{c.URL, c.Netns, pidText(c.PID), c.Tenant, c.CAFingerprint}})
 	fmt.Fprintln(w)
 	writeTable(w, []string{"APPLIANCE", "SITE", "NETNS", "PID", "OVERLAY", "UPLINKS", "LAN"}, rows)
+
+	if len(s.Pairs) > 0 {
+		rows = nil
+		for _, p := range s.Pairs {
+			last := "-"
+			if f := p.LastFailover; f != nil {
+				last = fmt.Sprintf("%s %s -> %s (%s)", f.At, cmp.Or(f.From, "-"), f.To, f.Reason)
+			}
+			rows = append(rows, []string{p.Site, cmp.Or(p.Active, "none"), strings.Join(p.Members, ","), cmp.Or(p.Since, "-"), last})
+		}
+		fmt.Fprintln(w)
+		writeTable(w, []string{"PAIR", "ACTIVE", "MEMBERS", "SINCE", "LAST FAILOVER"}, rows)
+	}
 
 	rows = nil
 	for _, h := range s.Hosts {

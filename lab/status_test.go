@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/causeway-net/causeway/appliance"
 )
 
 // The golden file is the documented JSON shape of `causeway lab status
@@ -18,11 +21,18 @@ const statusGolden = "testdata/status.golden.json"
 const testFingerprint = "8f3b0c6e2a1d4f5b9c7e0a2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a3c5e7b9d0f"
 
 func testStatus() Status {
-	pids := map[string]int{"office-1": 101, "vpc-1": 102, "backend-http": 201, "web-http": 202, "controller": 200}
-	overlay := map[string]string{"office-1": "100.64.0.1", "vpc-1": "100.64.0.2", "home-1": "100.64.0.3"}
+	pids := map[string]int{"office-1a": 101, "office-1b": 103, "vpc-1": 102, "backend-http": 201, "web-http": 202, "controller": 200}
+	overlay := map[string]string{"office-1a": "100.64.0.1", "office-1b": "100.64.0.2", "vpc-1": "100.64.0.3", "home-1": "100.64.0.4"}
+	t0 := time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)
+	pairs := map[string]*appliance.PairView{
+		"office-1a": {Name: "office-1a", Role: "active", Active: "office-1a", Since: t0, Term: 1,
+			Failover: &appliance.FailoverView{At: t0, To: "office-1a", Reason: "startup"}},
+		"office-1b": {Name: "office-1b", Role: "standby", Active: "office-1a", Since: t0, Term: 1},
+	}
 	return buildStatus(labTopology, "demo", "/run/causeway-lab/demo", liveState{
 		pid:           func(name string) int { return pids[name] },
 		overlay:       func(name string) string { return overlay[name] },
+		pair:          func(name string) *appliance.PairView { return pairs[name] },
 		caFingerprint: testFingerprint,
 	})
 }
@@ -65,6 +75,12 @@ func TestStatusShape(t *testing.T) {
 			PID               int `json:"pid"`
 			Uplinks           []struct{ Name, Addr string }
 			OverlayAddr       string `json:"overlay_addr"`
+			Pair              *struct {
+				Role   string `json:"role"`
+				Active bool   `json:"active"`
+				Term   uint64 `json:"term"`
+				Since  string `json:"since"`
+			} `json:"pair"`
 		} `json:"appliances"`
 		Services []struct {
 			Name, Host, URL string
@@ -77,11 +93,20 @@ func TestStatusShape(t *testing.T) {
 			CAFingerprint string `json:"ca_fingerprint"`
 			Tenant        string `json:"tenant"`
 		} `json:"controller"`
+		Pairs []struct {
+			Site         string   `json:"site"`
+			Active       string   `json:"active"`
+			Members      []string `json:"members"`
+			Since        string   `json:"since"`
+			LastFailover *struct {
+				At, From, To, Reason string
+			} `json:"last_failover"`
+		} `json:"pairs"`
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatal(err)
 	}
-	if s.Instance != "demo" || len(s.Hosts) != 4 || len(s.Appliances) != 3 || len(s.Services) != 2 {
+	if s.Instance != "demo" || len(s.Hosts) != 4 || len(s.Appliances) != 4 || len(s.Services) != 2 || len(s.Pairs) != 1 {
 		t.Fatalf("unexpected status: %s", b)
 	}
 	h := s.Hosts[0]
@@ -89,12 +114,21 @@ func TestStatusShape(t *testing.T) {
 		t.Errorf("host %+v", h)
 	}
 	a := s.Appliances[0]
-	if a.Name != "office-1" || a.Netns != "cw-demo-office-1" || a.PID != 101 || a.OverlayAddr != "100.64.0.1" ||
-		len(a.Uplinks) != 2 || a.Uplinks[0].Name != "wan1" || a.Uplinks[0].Addr != "198.18.1.2" || a.Uplinks[1].Name != "wan2" || a.Uplinks[1].Addr != "198.18.4.2" {
-		t.Errorf("appliance %+v", a)
+	if a.Name != "office-1a" || a.Netns != "cw-demo-office-1a" || a.PID != 101 || a.OverlayAddr != "100.64.0.1" ||
+		len(a.Uplinks) != 1 || a.Uplinks[0].Name != "wan1" || a.Uplinks[0].Addr != "198.18.1.2" ||
+		a.Pair == nil || a.Pair.Role != "active" || !a.Pair.Active || a.Pair.Term != 1 || a.Pair.Since != "2026-01-01T10:00:00Z" {
+		t.Errorf("appliance %+v, pair %+v", a, a.Pair)
 	}
-	if s.Appliances[2].PID != 0 {
-		t.Errorf("a stopped appliance has pid %d", s.Appliances[2].PID)
+	if b := s.Appliances[1]; b.Name != "office-1b" || len(b.Uplinks) != 1 || b.Uplinks[0].Name != "wan2" || b.Uplinks[0].Addr != "198.18.4.2" ||
+		b.Pair == nil || b.Pair.Role != "standby" || b.Pair.Active {
+		t.Errorf("appliance %+v, pair %+v", b, b.Pair)
+	}
+	if s.Appliances[3].PID != 0 || s.Appliances[3].Pair != nil {
+		t.Errorf("a stopped appliance has pid %d, or a single one a pair: %+v", s.Appliances[3].PID, s.Appliances[3].Pair)
+	}
+	if p := s.Pairs[0]; p.Site != "office-1" || p.Active != "office-1a" || len(p.Members) != 2 || p.Since != "2026-01-01T10:00:00Z" ||
+		p.LastFailover == nil || p.LastFailover.To != "office-1a" || p.LastFailover.Reason != "startup" {
+		t.Errorf("pair %+v", p)
 	}
 	sv := s.Services[0]
 	if sv.Name != "backend-http" || sv.Host != "vpc-1-backend-1" || sv.URL != "http://10.20.0.10/" {
@@ -107,7 +141,7 @@ func TestStatusShape(t *testing.T) {
 		c.CAFingerprint != testFingerprint || c.Tenant != "demo" {
 		t.Errorf("controller %+v", c)
 	}
-	for _, field := range []string{`"addrs"`, `"uplinks"`, `"overlay_addr"`, `"url"`, `"ca_fingerprint"`} {
+	for _, field := range []string{`"addrs"`, `"uplinks"`, `"overlay_addr"`, `"url"`, `"ca_fingerprint"`, `"pairs"`, `"pair"`, `"last_failover"`} {
 		if !bytes.Contains(b, []byte(field)) {
 			t.Errorf("JSON lacks %s", field)
 		}
@@ -121,8 +155,9 @@ func TestStatusText(t *testing.T) {
 	}
 	out := b.String()
 	for _, want := range []string{
-		"office-1   office-1  cw-demo-office-1  101",
-		"home-1     home-1    cw-demo-home-1    stopped  100.64.0.3  wan0=172.16.30.2",
+		"office-1a  office-1  cw-demo-office-1a  101",
+		"home-1     home-1    cw-demo-home-1     stopped  100.64.0.4  wan0=172.16.30.2",
+		"office-1  office-1a  office-1a,office-1b  2026-01-01T10:00:00Z  2026-01-01T10:00:00Z - -> office-1a (startup)",
 		"vpc-1-backend-1  vpc-1     cw-demo-vpc-1-backend-1  10.20.0.10",
 		"backend-http  vpc-1-backend-1  http://10.20.0.10/   -              201",
 		"web-http      web-1            http://198.19.0.10/  198.19.0.10:7  202",

@@ -147,6 +147,23 @@ type applianceSpec struct {
 	// without endpoints to its peers and gives it a keepalive that keeps
 	// its NAT mapping open.
 	natted bool
+	// pair, if set, makes the appliance one of the two members of its
+	// site's pair: both on one LAN, each on its own ISP (wans[0]).
+	pair *pairSpec
+}
+
+// pairSpec is an appliance's place in its site's pair. Its LAN address is
+// its lan0's, its WAN address its wans[0]'s, and the partner's likewise.
+type pairSpec struct {
+	partner string       // the other member's node
+	vip     netip.Prefix // the LAN's gateway address
+	// priority is what the lab sets through the controller: higher is
+	// preferred.
+	priority int
+	// borrowed names the partner's uplink as this member uses it: the
+	// name of the partner's own WAN link, so that both members call ISP 1
+	// wan1 and ISP 2 wan2.
+	borrowed string
 }
 
 // controllerSpec is the controller the appliances enroll with.
@@ -199,13 +216,18 @@ var (
 	unannouncedAddr = addr("10.99.0.10")
 	// webAddr is the Internet host web-1, outside every site.
 	webAddr = addr("198.19.0.10")
+	// officeVIP is office-1's gateway address, held by the active member
+	// of its pair.
+	officeVIP = pfx("10.10.0.1/24")
 )
 
-// Route metrics of a site with two ISPs: the first uplink is preferred.
-const (
-	metricPrimary   = 100
-	metricSecondary = 200
-)
+// lendPort is the port on a pair member's WAN address that is forwarded to
+// its partner's WireGuard socket: the partner's second endpoint.
+const lendPort = 51821
+
+// officePriority is the priority of office-1a, the preferred member of
+// office-1's pair; office-1b keeps the controller's default.
+const officePriority = 200
 
 // webEchoPort is web-1's UDP echo port.
 const webEchoPort = 7
@@ -222,7 +244,8 @@ func newTopology() *topology {
 	t.nodes = []node{
 		{name: "inet", role: RoleRouter, forward: true},
 		{name: "cloud", role: RoleController},
-		{name: "office-1", site: "office-1", role: RoleAppliance},
+		{name: "office-1a", site: "office-1", role: RoleAppliance},
+		{name: "office-1b", site: "office-1", role: RoleAppliance},
 		{name: "office-1-lan", site: "office-1", role: RoleSwitch},
 		{name: "office-1-host", site: "office-1", role: RoleHost},
 		{name: "vpc-1", site: "vpc-1", role: RoleAppliance},
@@ -240,18 +263,17 @@ func newTopology() *topology {
 	}
 
 	// Interfaces of routers and switches are named after the node at the
-	// other end, and where there are several links to one node, after
-	// that node's interface too (office-1-wan1); those of appliances and
-	// hosts are wanN/lan0/eth0.
+	// other end, and where that is a pair member, after its interface too
+	// (office-1a-wan1); those of appliances and hosts are wanN/lan0/eth0.
 	t.veths = []veth{
-		// The Internet: one /24 per ISP link. office-1 has two ISPs:
-		// "ISP 1" on wan1 and "ISP 2" on wan2.
+		// The Internet: one /24 per ISP link. office-1 has two ISPs,
+		// "ISP 1" on office-1a's wan1 and "ISP 2" on office-1b's wan2.
 		{a: iface{node: "inet", name: "cloud", addr: pfx("198.18.0.1/24")},
 			b: iface{node: "cloud", name: "eth0", addr: netip.PrefixFrom(controllerAddr, 24)}},
-		{a: iface{node: "inet", name: "office-1-wan1", addr: pfx("198.18.1.1/24")},
-			b: iface{node: "office-1", name: "wan1", addr: pfx("198.18.1.2/24")}},
-		{a: iface{node: "inet", name: "office-1-wan2", addr: pfx("198.18.4.1/24")},
-			b: iface{node: "office-1", name: "wan2", addr: pfx("198.18.4.2/24")}},
+		{a: iface{node: "inet", name: "office-1a-wan1", addr: pfx("198.18.1.1/24")},
+			b: iface{node: "office-1a", name: "wan1", addr: pfx("198.18.1.2/24")}},
+		{a: iface{node: "inet", name: "office-1b-wan2", addr: pfx("198.18.4.1/24")},
+			b: iface{node: "office-1b", name: "wan2", addr: pfx("198.18.4.2/24")}},
 		{a: iface{node: "inet", name: "vpc-1", addr: pfx("198.18.2.1/24")},
 			b: iface{node: "vpc-1", name: "wan0", addr: pfx("198.18.2.2/24")}},
 		{a: iface{node: "inet", name: "home-1-router", addr: pfx("198.18.3.1/24")},
@@ -263,8 +285,10 @@ func newTopology() *topology {
 			b: iface{node: "web-1", name: "eth0", addr: netip.PrefixFrom(webAddr, 24)}},
 
 		// Site LANs: every device is a port of its switch's bridge.
-		{a: iface{node: "office-1", name: "lan0", addr: pfx("10.10.0.1/24")},
-			b: iface{node: "office-1-lan", name: "office-1", bridge: bridgeName}},
+		{a: iface{node: "office-1a", name: "lan0", addr: pfx("10.10.0.2/24")},
+			b: iface{node: "office-1-lan", name: "office-1a", bridge: bridgeName}},
+		{a: iface{node: "office-1b", name: "lan0", addr: pfx("10.10.0.3/24")},
+			b: iface{node: "office-1-lan", name: "office-1b", bridge: bridgeName}},
 		{a: iface{node: "office-1-host", name: "eth0", addr: pfx("10.10.0.10/24")},
 			b: iface{node: "office-1-lan", name: "office-1-host", bridge: bridgeName}},
 		{a: iface{node: "vpc-1", name: "lan0", addr: pfx("10.20.0.1/24")},
@@ -283,30 +307,33 @@ func newTopology() *topology {
 	// nothing between sites can flow outside the overlay.
 	t.routes = []route{
 		{node: "cloud", dst: defaultRoute(), via: addr("198.18.0.1")},
-		// Two default routes: wan1 preferred. The appliance pins each
-		// uplink's socket to its interface (SO_BINDTODEVICE), and a lookup
-		// pinned to wan2 takes the route via wan2 whatever its metric.
-		{node: "office-1", dst: defaultRoute(), via: addr("198.18.1.1"), metric: metricPrimary},
-		{node: "office-1", dst: defaultRoute(), via: addr("198.18.4.1"), metric: metricSecondary},
+		{node: "office-1a", dst: defaultRoute(), via: addr("198.18.1.1")},
+		{node: "office-1b", dst: defaultRoute(), via: addr("198.18.4.1")},
 		{node: "vpc-1", dst: defaultRoute(), via: addr("198.18.2.1")},
 		{node: "home-1-router", dst: defaultRoute(), via: addr("198.18.3.1")},
 		{node: "home-1", dst: defaultRoute(), via: addr("172.16.30.1")},
-		{node: "office-1-host", dst: defaultRoute(), via: addr("10.10.0.1")},
+		// The VIP, on whichever member of the pair is active.
+		{node: "office-1-host", dst: defaultRoute(), via: officeVIP.Addr()},
 		{node: "vpc-1-backend-1", dst: defaultRoute(), via: addr("10.20.0.1")},
 		{node: "vpc-1-backend-2", dst: defaultRoute(), via: addr("10.20.0.1")},
 		{node: "home-1-host", dst: defaultRoute(), via: addr("10.30.0.1")},
 		{node: "web-1", dst: defaultRoute(), via: addr("198.19.0.1")},
 	}
-	// Loose reverse-path filtering on office-1's uplinks: a reply to wan2
-	// comes from an address whose best route is via wan1, which strict
-	// filtering would drop.
+	// Loose reverse-path filtering on the pair members' links: what the
+	// partner forwards over the LAN (the borrowed uplink's answers) comes
+	// from addresses whose best route is the member's own WAN link.
 	t.sysctls = []sysctl{
-		{node: "office-1", key: "net/ipv4/conf/wan1/rp_filter", value: "2"},
-		{node: "office-1", key: "net/ipv4/conf/wan2/rp_filter", value: "2"},
+		{node: "office-1a", key: "net/ipv4/conf/wan1/rp_filter", value: "2"},
+		{node: "office-1a", key: "net/ipv4/conf/lan0/rp_filter", value: "2"},
+		{node: "office-1b", key: "net/ipv4/conf/wan2/rp_filter", value: "2"},
+		{node: "office-1b", key: "net/ipv4/conf/lan0/rp_filter", value: "2"},
 	}
 	t.nats = []nat{{node: "home-1-router", out: "wan0", src: pfx("172.16.30.0/24")}}
 	t.appliances = []applianceSpec{
-		{name: "office-1", site: "office-1", kind: "office", wans: []string{"wan1", "wan2"}, lan: []netip.Prefix{pfx("10.10.0.0/24")}, gateway: "lan0"},
+		{name: "office-1a", site: "office-1", kind: "office", wans: []string{"wan1"}, lan: []netip.Prefix{pfx("10.10.0.0/24")}, gateway: "lan0",
+			pair: &pairSpec{partner: "office-1b", vip: officeVIP, priority: officePriority, borrowed: "wan2"}},
+		{name: "office-1b", site: "office-1", kind: "office", wans: []string{"wan2"}, lan: []netip.Prefix{pfx("10.10.0.0/24")}, gateway: "lan0",
+			pair: &pairSpec{partner: "office-1a", vip: officeVIP, priority: 100, borrowed: "wan1"}},
 		{name: "vpc-1", site: "vpc-1", kind: "vpc", wans: []string{"wan0"}, lan: []netip.Prefix{pfx("10.20.0.0/24")}},
 		{name: "home-1", site: "home-1", kind: "home", wans: []string{"wan0"}, lan: []netip.Prefix{pfx("10.30.0.0/24")}, natted: true},
 	}
@@ -329,6 +356,46 @@ func (t *topology) node(name string) *node {
 		}
 	}
 	return nil
+}
+
+// endpoints are where the appliance's peers reach it: its WAN addresses on
+// the WireGuard port and, for a pair member, the partner's WAN address on
+// the lend port (forwarded to this member over the LAN). None behind NAT.
+func (t *topology) endpoints(a *applianceSpec) []netip.AddrPort {
+	if a.natted {
+		return nil
+	}
+	var eps []netip.AddrPort
+	for _, w := range a.wans {
+		eps = append(eps, netip.AddrPortFrom(t.iface(a.name, w).addr.Addr(), listenPort))
+	}
+	if a.pair != nil {
+		eps = append(eps, netip.AddrPortFrom(t.pairWANAddr(a.pair.partner), lendPort))
+	}
+	return eps
+}
+
+// pairWANAddr is a pair member's WAN address (its first uplink's).
+func (t *topology) pairWANAddr(name string) netip.Addr {
+	a := t.appliance(name)
+	return t.iface(name, a.wans[0]).addr.Addr()
+}
+
+// lanAddr is an appliance's address on lan0.
+func (t *topology) lanAddr(name string) netip.Addr { return t.iface(name, "lan0").addr.Addr() }
+
+// sites are the appliances' sites, each once, in topology order, with
+// the appliance that defines it (kind and prefixes).
+func (t *topology) sites() []*applianceSpec {
+	var out []*applianceSpec
+	seen := map[string]bool{}
+	for i := range t.appliances {
+		if a := &t.appliances[i]; !seen[a.site] {
+			seen[a.site] = true
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // appliance returns the named appliance, or nil.

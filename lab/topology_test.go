@@ -6,9 +6,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/causeway-net/causeway/appliance"
 	"github.com/causeway-net/causeway/controller/netmap"
+	"github.com/causeway-net/causeway/probes"
 )
 
 func TestNetnsNames(t *testing.T) {
@@ -131,6 +133,18 @@ func TestTopology(t *testing.T) {
 				metrics[top.routes[i].metric] = true
 			}
 		}
+		if p := a.pair; p != nil {
+			// The members know each other: one site, one LAN, each other's
+			// partner, the VIP in the LAN and on no interface.
+			o := top.appliance(p.partner)
+			lan := top.iface(a.name, "lan0").addr
+			if o == nil || o.pair == nil || o.pair.partner != a.name || o.site != a.site || !slices.Equal(o.lan, a.lan) ||
+				o.pair.vip != p.vip || !lan.Contains(p.vip.Addr()) || !lan.Contains(top.lanAddr(p.partner)) ||
+				slices.Contains(top.addrs(a.name), p.vip.Addr()) || p.borrowed != o.wans[0] || len(a.wans) != 1 {
+				t.Errorf("pair member %s: %+v, partner %+v", a.name, p, o)
+			}
+			continue // the partner announces the same LAN
+		}
 		for _, p := range a.lan {
 			for _, q := range lans {
 				if p.Overlaps(q) {
@@ -172,11 +186,20 @@ func TestApplianceArgv(t *testing.T) {
 				t.Errorf("%s: %s lacks %q", a.name, argv, want)
 			}
 		}
-		if a.name == "office-1" && !strings.Contains(argv, "--uplinks wan1,wan2 --endpoints 198.18.1.2:51820,198.18.4.2:51820") {
-			t.Errorf("office-1 does not use both ISPs: %s", argv)
+		// The pair members reach both ISPs: their own, and the partner's
+		// through the partner's lend port.
+		if want := map[string]string{
+			"office-1a": "--uplinks wan1 --endpoints 198.18.1.2:51820,198.18.4.2:51821 --gateway lan0 --pair-vip 10.10.0.1/24 " +
+				"--pair-lan-addr 10.10.0.2 --pair-partner-lan-addr 10.10.0.3 --pair-wan-interface wan1 --pair-wan-addr 198.18.1.2 " +
+				"--pair-partner-wan 198.18.4.2 --pair-borrowed-uplink wan2 --pair-lend-port 51821 --pair-priority 200 --pair-preempt",
+			"office-1b": "--uplinks wan2 --endpoints 198.18.4.2:51820,198.18.1.2:51821 --gateway lan0 --pair-vip 10.10.0.1/24 " +
+				"--pair-lan-addr 10.10.0.3 --pair-partner-lan-addr 10.10.0.2 --pair-wan-interface wan2 --pair-wan-addr 198.18.4.2 " +
+				"--pair-partner-wan 198.18.1.2 --pair-borrowed-uplink wan1 --pair-lend-port 51821 --pair-priority 100 --pair-preempt",
+		}[a.name]; want != "" && !strings.HasSuffix(argv, want) {
+			t.Errorf("%s: %s\nwant it to end in %s", a.name, argv, want)
 		}
-		if got := strings.Contains(argv, "--gateway lan0"); got != (a.name == "office-1") {
-			t.Errorf("%s: --gateway lan0 is for office-1 only: %s", a.name, argv)
+		if got := strings.Contains(argv, "--gateway lan0"); got != (a.pair != nil) {
+			t.Errorf("%s: --gateway lan0 is for office-1's pair only: %s", a.name, argv)
 		}
 		if strings.Contains(argv, "--token") {
 			t.Errorf("%s: the one-time token belongs in the environment, not the command line: %s", a.name, argv)
@@ -197,33 +220,54 @@ func TestApplianceArgv(t *testing.T) {
 func TestApplianceConfigFromNetmap(t *testing.T) {
 	dir := t.TempDir()
 	l := &Lab{t: labTopology, instance: "demo", dir: dir}
-	if l.ApplianceConfig("office-1") != nil {
+	if l.ApplianceConfig("office-1a") != nil {
 		t.Error("a config before any netmap")
 	}
 	k, err := appliance.LoadOrCreateKey(filepath.Join(dir, "vpc-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	nm := &netmap.Netmap{
-		Version: 7, Tenant: "tn_1", Appliance: "ap_1", Site: "st_1", Name: "office-1",
-		OverlayAddr: addr("100.64.0.1"), LANPrefixes: []netip.Prefix{pfx("10.10.0.0/24")},
-		Peers: []netmap.Peer{{Name: "vpc-1", Site: "st_2", PublicKey: k.Public(), OverlayAddr: addr("100.64.0.2"),
-			Endpoints: []netip.AddrPort{netip.MustParseAddrPort("198.18.2.2:51820")}, Prefixes: []netip.Prefix{pfx("10.20.0.0/24")}}},
-	}
-	if err := appliance.SaveNetmap(filepath.Join(dir, "office-1"), nm); err != nil {
+	kb, err := appliance.LoadOrCreateKey(filepath.Join(dir, "office-1b"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := l.ApplianceConfig("office-1")
+	probeKey, err := probes.ParseKey(1, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lan := []netip.Prefix{pfx("10.10.0.0/24")}
+	nm := &netmap.Netmap{
+		Version: 7, Tenant: "tn_1", Appliance: "ap_1", Site: "st_1", Name: "office-1a",
+		OverlayAddr: addr("100.64.0.1"), LANPrefixes: lan,
+		Probes: netmap.Probes{Keys: []probes.Key{probeKey}, Interval: 200 * time.Millisecond},
+		Pair:   &netmap.Pair{Priority: 200},
+		Peers: []netmap.Peer{
+			{Name: "office-1b", Site: "st_1", PublicKey: kb.Public(), OverlayAddr: addr("100.64.0.2"),
+				Endpoints: []netip.AddrPort{netip.MustParseAddrPort("198.18.4.2:51820")}, Prefixes: lan,
+				Pair: &netmap.PeerPair{Priority: 100}},
+			{Name: "vpc-1", Site: "st_2", PublicKey: k.Public(), OverlayAddr: addr("100.64.0.3"),
+				Endpoints: []netip.AddrPort{netip.MustParseAddrPort("198.18.2.2:51820")}, Prefixes: []netip.Prefix{pfx("10.20.0.0/24")}}},
+	}
+	if err := appliance.SaveNetmap(filepath.Join(dir, "office-1a"), nm); err != nil {
+		t.Fatal(err)
+	}
+	cfg := l.ApplianceConfig("office-1a")
 	if cfg == nil {
 		t.Fatal("no config from a saved netmap")
 	}
-	if cfg.Name != "office-1" || cfg.OverlayAddr != addr("100.64.0.1") || cfg.ListenPort != 51820 || cfg.MTU != 0 ||
-		cfg.StateDir != filepath.Join(dir, "office-1") || cfg.Interface != "cw0" ||
-		len(cfg.Uplinks) != 2 || cfg.Uplinks[0].Interface != "wan1" || cfg.Uplinks[1].Interface != "wan2" || len(cfg.Peers) != 1 || cfg.Peers[0].PublicKey != k.Public() {
+	if cfg.Name != "office-1a" || cfg.OverlayAddr != addr("100.64.0.1") || cfg.ListenPort != 51820 || cfg.MTU != 0 ||
+		cfg.StateDir != filepath.Join(dir, "office-1a") || cfg.Interface != "cw0" ||
+		len(cfg.Uplinks) != 1 || cfg.Uplinks[0].Interface != "wan1" || len(cfg.Peers) != 2 || cfg.Peers[1].PublicKey != k.Public() {
 		t.Errorf("config %+v", cfg)
 	}
 	if cfg.Gateway == nil || cfg.Gateway.LANInterface != "lan0" || len(cfg.Gateway.Uplinks) != 0 {
-		t.Errorf("office-1 is not the gateway of lan0 over every uplink: %+v", cfg.Gateway)
+		t.Errorf("office-1a is not the gateway of lan0 over every uplink: %+v", cfg.Gateway)
+	}
+	want := appliance.PairLocal{Preempt: true, LANInterface: "lan0", LANAddr: addr("10.10.0.2"), PartnerLANAddr: addr("10.10.0.3"),
+		VIP: officeVIP, WANInterface: "wan1", WANAddr: addr("198.18.1.2"), PartnerWANAddr: addr("198.18.4.2"),
+		BorrowedUplink: "wan2", LendPort: 51821}
+	if p := cfg.Pair; p == nil || p.Priority != 200 || p.Site != "st_1" || p.Member == nil || *p.Member != want {
+		t.Errorf("office-1a's pair: %+v %+v", p, p.Member)
 	}
 	if l.ApplianceConfig("nosuch") != nil {
 		t.Error("a config for an appliance the lab does not have")

@@ -20,6 +20,8 @@ const (
 	MaxInterval = 5 * time.Second
 	// MinKeyLen is the shortest heartbeat key accepted.
 	MinKeyLen = 16
+	// MaxAcceptedKeys bounds Config.AcceptedKeys.
+	MaxAcceptedKeys = 2
 	// MaxNameLen bounds a member name (it travels in every heartbeat).
 	MaxNameLen = 63
 	// MaxPriority bounds Config.Priority (it travels as 16 bits).
@@ -71,6 +73,12 @@ type Config struct {
 	// bits) and encrypts memberlist's gossip; at least 16 bytes, the same
 	// on both members.
 	Key []byte
+	// AcceptedKeys are further keys whose heartbeats and gossip are
+	// accepted (but never sent with), at most MaxAcceptedKeys: during a
+	// key rotation one member may already sign with the next key while
+	// the other still signs with the previous one. Member.SetKeys changes
+	// both while running.
+	AcceptedKeys [][]byte
 
 	// Interval between two heartbeats on each channel (default 50 ms).
 	Interval time.Duration
@@ -161,8 +169,6 @@ func (c Config) withDefaults() (Config, error) {
 		return bad("LANAddr", "%v is outside the VIP's prefix %v", c.LANAddr, c.VIP.Masked())
 	case !c.VIP.Contains(c.PartnerLANAddr):
 		return bad("PartnerLANAddr", "%v is outside the VIP's prefix %v", c.PartnerLANAddr, c.VIP.Masked())
-	case len(c.Key) < MinKeyLen:
-		return bad("Key", "want at least %d bytes, got %d", MinKeyLen, len(c.Key))
 	case c.Interval < MinInterval || c.Interval > MaxInterval:
 		return bad("Interval", "want %v to %v, got %v", MinInterval, MaxInterval, c.Interval)
 	case c.DeadAfter < 3*c.Interval:
@@ -170,12 +176,35 @@ func (c Config) withDefaults() (Config, error) {
 	case c.HeartbeatPort == c.MemberlistPort:
 		return bad("HeartbeatPort", "is MemberlistPort (%d)", c.MemberlistPort)
 	}
-	allZero := true
-	for _, b := range c.Key {
-		allZero = allZero && b == 0
-	}
-	if allZero {
-		return bad("Key", "all zero")
+	if err := checkKeys(c.Key, c.AcceptedKeys); err != nil {
+		return c, err
 	}
 	return c, nil
+}
+
+// checkKeys validates a signing key and the accepted ones.
+func checkKeys(key []byte, accepted [][]byte) error {
+	check := func(field string, k []byte) error {
+		if len(k) < MinKeyLen {
+			return &ConfigError{Field: field, Msg: fmt.Sprintf("want at least %d bytes, got %d", MinKeyLen, len(k))}
+		}
+		for _, b := range k {
+			if b != 0 {
+				return nil
+			}
+		}
+		return &ConfigError{Field: field, Msg: "all zero"}
+	}
+	if err := check("Key", key); err != nil {
+		return err
+	}
+	if len(accepted) > MaxAcceptedKeys {
+		return &ConfigError{Field: "AcceptedKeys", Msg: fmt.Sprintf("at most %d keys, got %d", MaxAcceptedKeys, len(accepted))}
+	}
+	for i, k := range accepted {
+		if err := check(fmt.Sprintf("AcceptedKeys[%d]", i), k); err != nil {
+			return err
+		}
+	}
+	return nil
 }

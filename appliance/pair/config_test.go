@@ -56,6 +56,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"VIP", func(c *Config) { c.VIP = netip.MustParsePrefix("fd00::1/64") }},
 		{"Key", func(c *Config) { c.Key = []byte("short") }},
 		{"Key", func(c *Config) { c.Key = make([]byte, 32) }},
+		{"AcceptedKeys[1]", func(c *Config) { c.AcceptedKeys = [][]byte{[]byte("0123456789abcdef"), []byte("short")} }},
+		{"AcceptedKeys", func(c *Config) { c.AcceptedKeys = make([][]byte, 3) }},
 		{"Interval", func(c *Config) { c.Interval = time.Millisecond }},
 		{"DeadAfter", func(c *Config) { c.DeadAfter = 100 * time.Millisecond }},
 		{"HeartbeatPort", func(c *Config) { c.HeartbeatPort = 7946 }},

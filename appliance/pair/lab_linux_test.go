@@ -100,6 +100,13 @@ func runMember(spec string) int {
 			var p int
 			fmt.Sscan(f[1], &p)
 			emit("ok", errString(m.SetPriority(p)))
+		case len(f) >= 2 && f[0] == "keys":
+			// keys SIGN [ACCEPTED...], each as text
+			var accepted [][]byte
+			for _, k := range f[2:] {
+				accepted = append(accepted, []byte(k))
+			}
+			emit("ok", errString(m.SetKeys([]byte(f[1]), accepted...)))
 		case len(f) == 1 && f[0] == "state":
 			emit("state", m.State())
 		case len(f) == 1 && f[0] == "metrics":

@@ -1,6 +1,7 @@
 package pair
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,7 +42,7 @@ type lanLink interface {
 type Member struct {
 	cfg  Config
 	log  *slog.Logger
-	key  macKey
+	keys atomic.Pointer[keySet]
 	boot uint64
 
 	lan, wan       *net.UDPConn
@@ -48,6 +50,7 @@ type Member struct {
 	link           lanLink
 	vipLease       time.Duration
 	ml             *memberlist.Memberlist
+	keyring        *memberlist.Keyring
 	meta           atomic.Pointer[[]byte]
 	metaDirty      chan struct{}
 
@@ -102,7 +105,6 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 	m := &Member{
 		cfg:       cfg,
 		log:       cfg.Log.With("pair", cfg.Name),
-		key:       macKey(deriveKey(cfg.Key, "heartbeat v1")),
 		lanDst:    netip.AddrPortFrom(cfg.PartnerLANAddr, cfg.HeartbeatPort),
 		wanDst:    cfg.PartnerWANAddr,
 		vipLease:  leaseFor(cfg.DeadAfter),
@@ -115,6 +117,7 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 		done:      make(chan struct{}),
 		notify:    newNotifier(cfg.OnChange),
 	}
+	m.keys.Store(newKeySet(cfg.Key, cfg.AcceptedKeys))
 	var b [8]byte
 	rand.Read(b[:])
 	// The boot number orders incarnations: the clock, with random low bits
@@ -208,6 +211,69 @@ func (m *Member) Drain(on bool) error {
 	})
 }
 
+// SetKeys replaces the heartbeat and memberlist keys while the member
+// runs: key signs from now on, and heartbeats and gossip under key or any
+// of accepted are accepted (a key rotation, see Config.AcceptedKeys).
+func (m *Member) SetKeys(key []byte, accepted ...[]byte) error {
+	if err := checkKeys(key, accepted); err != nil {
+		return err
+	}
+	ks := newKeySet(key, accepted)
+	m.keys.Store(ks)
+	if m.keyring == nil {
+		return nil
+	}
+	// Add first, then switch, then drop what is no longer wanted: gossip
+	// under either key keeps working throughout.
+	for _, k := range ks.gossip {
+		if err := m.keyring.AddKey(k); err != nil {
+			return fmt.Errorf("pair: memberlist key: %w", err)
+		}
+	}
+	if err := m.keyring.UseKey(ks.gossip[0]); err != nil {
+		return fmt.Errorf("pair: memberlist key: %w", err)
+	}
+	for _, k := range m.keyring.GetKeys() {
+		if !slices.ContainsFunc(ks.gossip, func(g []byte) bool { return bytes.Equal(g, k) }) {
+			m.keyring.RemoveKey(k)
+		}
+	}
+	return nil
+}
+
+// keySet is the keys derived from Config.Key (first) and AcceptedKeys.
+type keySet struct {
+	sign   macKey
+	verify []macKey // sign first
+	gossip [][]byte // memberlist's keys, the primary first
+}
+
+func newKeySet(key []byte, accepted [][]byte) *keySet {
+	ks := &keySet{}
+	for i, k := range append([][]byte{key}, accepted...) {
+		mk := macKey(deriveKey(k, "heartbeat v1"))
+		if i == 0 {
+			ks.sign = mk
+		}
+		ks.verify = append(ks.verify, mk)
+		g := deriveKey(k, "memberlist v1")
+		ks.gossip = append(ks.gossip, g[:])
+	}
+	return ks
+}
+
+// parse is parseHeartbeat under any of the keys.
+func (ks *keySet) parse(b []byte) (heartbeat, error) {
+	var hb heartbeat
+	var err error
+	for i := range ks.verify {
+		if hb, err = parseHeartbeat(b, &ks.verify[i]); !errors.Is(err, errBadMAC) {
+			break
+		}
+	}
+	return hb, err
+}
+
 // ErrClosed is returned by the methods of a closed Member.
 var ErrClosed = errors.New("pair: member closed")
 
@@ -265,7 +331,7 @@ func (m *Member) read(ch Channel, c *net.UDPConn) {
 			m.log.Debug("pair heartbeat read", "channel", ch, "err", err)
 			continue
 		}
-		hb, err := parseHeartbeat(buf[:n], &m.key)
+		hb, err := m.keys.Load().parse(buf[:n])
 		if err != nil {
 			ctr.bad.Add(1)
 			m.log.Debug("pair heartbeat dropped", "channel", ch, "from", from, "err", err)
@@ -285,7 +351,7 @@ func (m *Member) send(ch Channel, hb *heartbeat, buf []byte) []byte {
 		c, dst = m.wan, m.wanDst
 	}
 	hb.Channel = ch
-	buf = appendHeartbeat(buf[:0], hb, &m.key)
+	buf = appendHeartbeat(buf[:0], hb, &m.keys.Load().sign)
 	ctr := &m.ctr.ch[ch]
 	if _, err := c.WriteToUDPAddrPort(buf, dst); err != nil {
 		if ctr.sendErr.Add(1)%100 == 1 {

@@ -43,8 +43,7 @@ func (m *Member) memberlistConfig() *memberlist.Config {
 	c.AdvertiseAddr = c.BindAddr
 	c.AdvertisePort = c.BindPort
 	c.Label = "causeway-pair"
-	k := deriveKey(m.cfg.Key, "memberlist v1")
-	c.SecretKey = k[:]
+	c.Keyring = m.keyring
 	// Only the two members may talk to it.
 	c.CIDRsAllowed = []net.IPNet{hostNet(m.cfg.LANAddr.AsSlice()), hostNet(m.cfg.PartnerLANAddr.AsSlice())}
 	// Two nodes: nobody to ask for indirect probes, one node to gossip to.
@@ -74,6 +73,12 @@ func (m *Member) memberlistConfig() *memberlist.Config {
 func hostNet(ip net.IP) net.IPNet { return net.IPNet{IP: ip, Mask: net.CIDRMask(32, 32)} }
 
 func (m *Member) startMemberlist() error {
+	ks := m.keys.Load()
+	kr, err := memberlist.NewKeyring(ks.gossip[1:], ks.gossip[0])
+	if err != nil {
+		return err
+	}
+	m.keyring = kr
 	ml, err := memberlist.Create(m.memberlistConfig())
 	if err != nil {
 		return err

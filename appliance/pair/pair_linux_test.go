@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -283,4 +284,52 @@ func TestSplitHeals(t *testing.T) {
 		t.Fatalf("after the heal: a %+v %+v, b %+v", sa, sa.LastFailover, sb)
 	}
 	t.Logf("split resolved %v after the partition healed, term %d", resolved.Round(time.Millisecond), sb.Term)
+}
+
+// TestKeyRotation rotates the pair's key the way the appliance does with
+// the tenant's probe keys: each member accepts the other's signing key, so
+// the pair never loses contact while one signs with the next key and the
+// other still with the previous one; a key neither accepts makes the
+// heartbeats bad.
+func TestKeyRotation(t *testing.T) {
+	l := newLab(t)
+	const k1, k2, k3 = "pair-key-one-sixteen+", "pair-key-two-sixteen+", "pair-key-three-sixteen"
+	ca, cb := l.config("a", 200, false), l.config("b", 100, false)
+	ca.Key, ca.AcceptedKeys = []byte(k2), [][]byte{[]byte(k1)}
+	cb.Key, cb.AcceptedKeys = []byte(k1), [][]byte{[]byte(k2)}
+	a := l.start(ca)
+	b := l.start(cb)
+	waitFor(t, 5*time.Second, "a active and b standby, signing with different keys", func() bool {
+		sa, sb := a.state(), b.state()
+		return sa.Role == RoleActive && sb.Role == RoleStandby && sb.Partner.Alive && sa.Partner.Alive && sb.Partner.Member
+	})
+	if ma, mb := a.metrics(), b.metrics(); ma.LAN.Bad+ma.WAN.Bad+mb.LAN.Bad+mb.WAN.Bad != 0 {
+		t.Errorf("bad heartbeats while each accepts the other's key: a %+v %+v, b %+v %+v", ma.LAN, ma.WAN, mb.LAN, mb.WAN)
+	}
+	// b signs with k3 and still accepts k2: a, which does not accept k3
+	// yet, counts b's heartbeats as bad (and may find b silent: an active
+	// stays active), b still hears a.
+	b.call("keys " + k3 + " " + k2)
+	before := a.metrics()
+	waitFor(t, 2*time.Second, "a counts b's heartbeats as bad", func() bool {
+		m := a.metrics()
+		return m.LAN.Bad > before.LAN.Bad+3 && m.WAN.Bad > before.WAN.Bad+3
+	})
+	// a follows: the two hear each other again and nothing moved.
+	a.call("keys " + k3 + " " + k2)
+	time.Sleep(500 * time.Millisecond)
+	m1 := a.metrics()
+	time.Sleep(300 * time.Millisecond)
+	m2 := a.metrics()
+	if m2.LAN.Bad != m1.LAN.Bad || m2.WAN.Bad != m1.WAN.Bad || m2.LAN.Received == m1.LAN.Received {
+		t.Errorf("after both moved to the new key: a LAN %+v -> %+v, WAN %+v -> %+v", m1.LAN, m2.LAN, m1.WAN, m2.WAN)
+	}
+	if sa, sb := a.state(), b.state(); sa.Role != RoleActive || sb.Role != RoleStandby || sa.Term != sb.Term {
+		t.Errorf("the rotation moved the role: a %+v, b %+v", sa, sb)
+	}
+	// A bad key set is refused and changes nothing.
+	fmt.Fprintln(a.in, "keys short")
+	if line := <-a.replies; !strings.Contains(line, "Key: want at least 16 bytes") {
+		t.Errorf("SetKeys with a short key: %s", line)
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -40,6 +41,16 @@ LAN's Internet gateway: traffic from the site's LAN prefixes to the
 Internet is NATed and balanced per flow over the uplinks whose probed
 paths are up (docs/gateway.md).
 
+With --pair-vip (or "pair" with "lan_interface" in the config file) the
+appliance is one of the two members of its site's PAIR (docs/pair.md): the
+member that is active holds the LAN's gateway address (the VIP) and
+announces it with gratuitous ARP; each member lends its WAN link to the
+other and borrows the other's over the LAN, so its overlay paths and the
+Internet gateway use both ISPs. A pair member needs --gateway (its LAN)
+and --uplinks. Priority and drain come from the controller once the site
+has both members (causeway ctl pair ...); --pair-priority is the priority
+until then. GET /pair on --http-listen shows the member's state.
+
 From a static file (--config): SIGHUP reloads the file (peers and prefixes
 change in place; a bad file is logged and the running config kept).
 
@@ -60,6 +71,17 @@ Flags:`)
 	endpoints := fs.String("endpoints", envDefault("CAUSEWAY_ENDPOINTS", ""), "with --controller: comma-separated IP:port where peers reach this appliance; empty if it only dials out (env CAUSEWAY_ENDPOINTS)")
 	uplinks := fs.String("uplinks", envDefault("CAUSEWAY_UPLINKS", ""), "with --controller: comma-separated WAN interface names; each gets a WireGuard socket pinned to it (multipath bind); empty uses one kernel-routed socket (env CAUSEWAY_UPLINKS)")
 	gw := fs.String("gateway", envDefault("CAUSEWAY_GATEWAY", ""), "with --controller: be the Internet gateway of the LAN on this interface (e.g. lan0), over every --uplinks uplink via its default route; needs --uplinks (env CAUSEWAY_GATEWAY)")
+	pairVIP := fs.String("pair-vip", envDefault("CAUSEWAY_PAIR_VIP", ""), "with --controller: be a pair member; the LAN's gateway address with its prefix length, e.g. 10.10.0.1/24 (env CAUSEWAY_PAIR_VIP)")
+	pairLANIf := fs.String("pair-lan-interface", envDefault("CAUSEWAY_PAIR_LAN_INTERFACE", ""), "with --pair-vip: the LAN interface (the VIP, the LAN heartbeat, the borrowed uplink); default --gateway (env CAUSEWAY_PAIR_LAN_INTERFACE)")
+	pairLANAddr := fs.String("pair-lan-addr", envDefault("CAUSEWAY_PAIR_LAN_ADDR", ""), "with --pair-vip: this member's own address on the LAN, e.g. 10.10.0.2 (env CAUSEWAY_PAIR_LAN_ADDR)")
+	pairPartnerLAN := fs.String("pair-partner-lan-addr", envDefault("CAUSEWAY_PAIR_PARTNER_LAN_ADDR", ""), "with --pair-vip: the partner's address on the LAN (env CAUSEWAY_PAIR_PARTNER_LAN_ADDR)")
+	pairWANIf := fs.String("pair-wan-interface", envDefault("CAUSEWAY_PAIR_WAN_INTERFACE", ""), "with --pair-vip: the uplink lent to the partner and used for the WAN heartbeat; default the first of --uplinks (env CAUSEWAY_PAIR_WAN_INTERFACE)")
+	pairWANAddr := fs.String("pair-wan-addr", envDefault("CAUSEWAY_PAIR_WAN_ADDR", ""), "with --pair-vip: this member's address on that uplink (env CAUSEWAY_PAIR_WAN_ADDR)")
+	pairPartnerWAN := fs.String("pair-partner-wan", envDefault("CAUSEWAY_PAIR_PARTNER_WAN", ""), "with --pair-vip: the partner's WAN address (env CAUSEWAY_PAIR_PARTNER_WAN)")
+	pairBorrowed := fs.String("pair-borrowed-uplink", envDefault("CAUSEWAY_PAIR_BORROWED_UPLINK", appliance.DefaultBorrowedUplink), "with --pair-vip: the name of the partner's uplink as this member uses it (logs, metrics, path reports) (env CAUSEWAY_PAIR_BORROWED_UPLINK)")
+	pairLendPort := fs.Uint("pair-lend-port", appliance.DefaultLendPort, "with --pair-vip: the UDP port on --pair-wan-addr forwarded to the partner's WireGuard socket (env CAUSEWAY_PAIR_LEND_PORT)")
+	pairPriority := fs.Int("pair-priority", 100, "with --pair-vip: priority (0-255, higher preferred) until the controller's netmap has one (env CAUSEWAY_PAIR_PRIORITY)")
+	pairPreempt := fs.Bool("pair-preempt", false, "with --pair-vip: with the higher priority, take the active role back once eligible for 1 s (env CAUSEWAY_PAIR_PREEMPT)")
 	iface := fs.String("interface", envDefault("CAUSEWAY_INTERFACE", appliance.DefaultInterface), "with --controller: overlay interface name (env CAUSEWAY_INTERFACE)")
 	port := fs.Uint("listen-port", appliance.DefaultListenPort, "with --controller: WireGuard UDP port (env CAUSEWAY_LISTEN_PORT)")
 	mtu := fs.Int("mtu", 0, "with --controller: overlay MTU, 0 derives it (env CAUSEWAY_MTU)")
@@ -68,7 +90,8 @@ Flags:`)
 	usageSpool := fs.Int64("usage-spool-max", appliance.DefaultUsageSpoolBytes, "with --controller: bound of the usage spool in the state directory, in bytes (env CAUSEWAY_USAGE_SPOOL_MAX)")
 	logLevel := fs.String("log-level", envDefault("CAUSEWAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CAUSEWAY_LOG_LEVEL)")
 	if err := flagsFromEnv(fs, map[string]string{"listen-port": "CAUSEWAY_LISTEN_PORT", "mtu": "CAUSEWAY_MTU",
-		"usage-interval": "CAUSEWAY_USAGE_INTERVAL", "usage-spool-max": "CAUSEWAY_USAGE_SPOOL_MAX"}); err != nil {
+		"usage-interval": "CAUSEWAY_USAGE_INTERVAL", "usage-spool-max": "CAUSEWAY_USAGE_SPOOL_MAX",
+		"pair-lend-port": "CAUSEWAY_PAIR_LEND_PORT", "pair-priority": "CAUSEWAY_PAIR_PRIORITY", "pair-preempt": "CAUSEWAY_PAIR_PREEMPT"}); err != nil {
 		return err
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -128,9 +151,22 @@ Flags:`)
 			}
 			gateway = &appliance.GatewayConfig{LANInterface: *gw}
 		}
+		local := appliance.Local{StateDir: *stateDir, Interface: *iface, ListenPort: uint16(*port), MTU: *mtu,
+			HTTPListen: *httpListen, Uplinks: ups, Gateway: gateway}
+		if *pairVIP != "" {
+			pm, err := pairFlags(pairFlagValues{vip: *pairVIP, lanIf: *pairLANIf, lanAddr: *pairLANAddr, partnerLAN: *pairPartnerLAN,
+				wanIf: *pairWANIf, wanAddr: *pairWANAddr, partnerWAN: *pairPartnerWAN, borrowed: *pairBorrowed,
+				lendPort: *pairLendPort, preempt: *pairPreempt}, gateway, ups)
+			if err != nil {
+				return err
+			}
+			if *pairPriority < 0 || *pairPriority > 255 {
+				return usagef("--pair-priority: want 0-255, got %d", *pairPriority)
+			}
+			local.Pair, local.PairPriority = pm, *pairPriority
+		}
 		return appliance.RunManaged(ctx, appliance.ManagedOptions{
-			Local: appliance.Local{StateDir: *stateDir, Interface: *iface, ListenPort: uint16(*port), MTU: *mtu,
-				HTTPListen: *httpListen, Uplinks: ups, Gateway: gateway},
+			Local:      local,
 			Controller: *controller, CAFingerprint: *caPin, Token: *token, Name: *name, Endpoints: eps,
 			UsageInterval: *usageInterval, UsageSpoolBytes: *usageSpool, Logger: log,
 		})
@@ -166,6 +202,49 @@ Flags:`)
 			}
 		}
 	}
+}
+
+type pairFlagValues struct {
+	vip, lanIf, lanAddr, partnerLAN, wanIf, wanAddr, partnerWAN, borrowed string
+	lendPort                                                              uint
+	preempt                                                               bool
+}
+
+// pairFlags turns the --pair-* flags into the member settings; the
+// appliance validates them again with the rest of its config.
+func pairFlags(f pairFlagValues, gw *appliance.GatewayConfig, ups []appliance.Uplink) (*appliance.PairLocal, error) {
+	if gw == nil {
+		return nil, usagef("--pair-vip needs --gateway: a pair member is its LAN's gateway")
+	}
+	pm := &appliance.PairLocal{Preempt: f.preempt, LANInterface: cmp.Or(f.lanIf, gw.LANInterface), WANInterface: f.wanIf,
+		BorrowedUplink: f.borrowed}
+	if pm.LANInterface != gw.LANInterface {
+		return nil, usagef("--pair-lan-interface %q: want --gateway's LAN interface %q", pm.LANInterface, gw.LANInterface)
+	}
+	if pm.WANInterface == "" {
+		pm.WANInterface = ups[0].Interface
+	}
+	vip, err := netip.ParsePrefix(f.vip)
+	if err != nil {
+		return nil, usagef("--pair-vip: want the gateway address with its prefix length, e.g. 10.10.0.1/24, got %q", f.vip)
+	}
+	pm.VIP = vip
+	for _, a := range []struct {
+		flag, v string
+		dst     *netip.Addr
+	}{{"--pair-lan-addr", f.lanAddr, &pm.LANAddr}, {"--pair-partner-lan-addr", f.partnerLAN, &pm.PartnerLANAddr},
+		{"--pair-wan-addr", f.wanAddr, &pm.WANAddr}, {"--pair-partner-wan", f.partnerWAN, &pm.PartnerWANAddr}} {
+		ip, err := netip.ParseAddr(a.v)
+		if err != nil || !ip.Is4() {
+			return nil, usagef("%s: want an IPv4 address, got %q", a.flag, a.v)
+		}
+		*a.dst = ip
+	}
+	if f.lendPort == 0 || f.lendPort > 65535 {
+		return nil, usagef("--pair-lend-port: want 1-65535, got %d", f.lendPort)
+	}
+	pm.LendPort = uint16(f.lendPort)
+	return pm, nil
 }
 
 func runAppliancePubkey(args []string) error {

@@ -50,7 +50,7 @@ const benchDataplaneSynopsis = `bench dataplane [flags]
 
 Builds a lab (see 'causeway lab'; needs root) and measures, from office-1-host
 to vpc-1-backend-1, TCP throughput with iperf3 (1 stream and 4 streams,
-receiver side) and the round-trip time the tunnel adds between office-1 and
+receiver side) and the round-trip time the tunnel adds between office-1a and
 vpc-1 (median ping RTT through the tunnel minus the underlay's). It measures
 the Causeway appliances, then the same path with the stock wireguard-go
 daemon (built from the version go.mod pins, unless --wireguard-go names one)

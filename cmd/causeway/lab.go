@@ -160,21 +160,24 @@ func printLabUp(w io.Writer, l *lab.Lab, lf *labFlags, last string) error {
 		{"office-1-host -- curl -s " + url, "the office reaches the VPC backend"},
 		{"home-1-host -- curl -s " + url, "so does the home, from behind NAT"},
 		{"office-1-host -- curl -s -m 2 http://10.99.0.10/", "no site announces 10.99.0.0/24"},
-		{"office-1-host -- curl -s " + st.Services[1].URL, "the Internet, through office-1's gateway (NAT over wan1 and wan2)"},
-		{"office-1 -- ip route", "the overlay routes, via cw0"},
-		{"office-1 -- curl -s http://127.0.0.1:9180/metrics", "per-peer counters, the gateway's causeway_gateway_*"},
+		{"office-1-host -- curl -s " + st.Services[1].URL, "the Internet, through the pair's gateway address (NAT over wan1 and wan2)"},
+		{"office-1a -- ip route", "the overlay routes, via cw0"},
+		{"office-1a -- curl -s http://127.0.0.1:9180/pair", "office-1's pair as office-1a sees it: role, term, partner, last failover"},
+		{"office-1a -- curl -s http://127.0.0.1:9180/metrics", "per-peer counters, causeway_gateway_*, causeway_pair_*"},
 	} {
 		fmt.Fprintf(tw, "  causeway lab exec%s %s\t# %s\n", f, hint[0], hint[1])
 	}
 	tn := st.Controller.Tenant
 	for _, hint := range [][2]string{
 		{"appliance list " + tn, "the enrolled appliances, as the controller sees them"},
-		{"appliance netmap " + tn + " office-1", "what the controller pushes to office-1"},
+		{"appliance netmap " + tn + " office-1a", "what the controller pushes to office-1a"},
+		{"pair status " + tn + " office-1", "the pair: active member, since when, last failover and its reason"},
+		{"pair drain " + tn + " office-1a", "hand office-1 over to office-1b without loss (undrain: back)"},
 		{"paths " + tn + " --from office-1 --to vpc-1 --since 1h", "loss and latency per path (history every 10 s)"},
 	} {
 		fmt.Fprintf(tw, "  causeway lab ctl%s %s\t# %s\n", f, hint[0], hint[1])
 	}
-	fmt.Fprintf(tw, "  causeway lab impair%s office-1/wan1 --loss 5%% --delay 30ms\t# degrade ISP 1; --down cuts it, --clear restores\n", f)
+	fmt.Fprintf(tw, "  causeway lab impair%s office-1a/wan1 --loss 5%% --delay 30ms\t# degrade ISP 1; --down cuts it, --clear restores\n", f)
 	tw.Flush()
 	_, err := fmt.Fprintf(w, "  causeway lab status%s\n%s\n", f, last)
 	return err
@@ -337,7 +340,8 @@ operator, from inside the controller's namespace, trusting only its CA.
 The lab's sites are in the tenant 'demo'. For example:
 
   causeway lab ctl appliance list demo
-  causeway lab ctl appliance netmap demo office-1
+  causeway lab ctl appliance netmap demo office-1a
+  causeway lab ctl pair status demo office-1
   causeway lab ctl -- site create demo branch-1 --kind remote --prefix 10.40.0.0/24
 
 Put '--' before a command that has flags of its own.
@@ -377,7 +381,7 @@ Flags:`)
 func runLabImpair(ctx context.Context, args []string) error {
 	fs := newFlagSet("lab impair", `lab impair NODE/IFACE [--loss P%] [--delay D] [--jitter J] [--down] [--clear] [flags]
 
-Impairs the ISP link of NODE's interface IFACE (e.g. office-1/wan1; every
+Impairs the ISP link of NODE's interface IFACE (e.g. office-1a/wan1; every
 link to the Internet router inet can be impaired), on inet's side of it, so
 that the appliance sees no change of its own. Each call replaces what the
 link had: flags not given are off.

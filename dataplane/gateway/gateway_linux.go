@@ -27,6 +27,7 @@ type Gateway struct {
 	nexthops []int    // indexes of the uplinks in the multipath route
 	last     dataplane.Counters
 	closed   bool
+	copying  bool           // overlay copies on (SetOverlayCopy)
 	undo     []func() error // newest last
 }
 

@@ -28,6 +28,7 @@ const (
 //	chain forward       filter forward 0: pin new flows to the uplink they leave on; count
 //	chain nat-out       nat postrouting 100: lender SNAT, masquerade per WAN link, SNAT to LANAddr on a borrowed uplink
 //	chain no-redirects  filter output 0 (with a borrowed uplink): no ICMP redirects onto the LAN
+//	chain overlay-copy  filter forward -10 (with Partner and Overlay): see SetOverlayCopy
 type ruleset struct {
 	c   *Config
 	nft *nftables.Conn
@@ -138,6 +139,7 @@ func (r *ruleset) build() error {
 		r.rule(out, iif(c.LANInterface, true), oif(c.LANInterface, true), r.inLAN(12, true), r.inLAN(16, false),
 			natTo(expr.NATTypeSourceNAT, c.LANAddr, 0))
 	}
+	r.buildCopy()
 	return nil
 }
 

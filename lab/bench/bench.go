@@ -50,17 +50,24 @@ type Topology interface {
 // Path names the nodes the bench measures between: an iperf3 client host
 // behind one appliance and an iperf3 server host behind another.
 type Path struct {
-	Client          string     // host that runs the iperf3 client
-	ClientAppliance string     // the client site's appliance; RTT probes start here
+	Client          string // host that runs the iperf3 client
+	ClientAppliance string // the client site's appliance; RTT probes start here
+	// ClientPartner, if set, is the other member of the client site's
+	// pair: the bench stops it for the whole run (it would take the site
+	// over each time the bench stops ClientAppliance) and starts it again
+	// at the end.
+	ClientPartner   string
 	ServerAppliance string     // the server site's appliance; RTT probes go here
 	Server          string     // host that runs the iperf3 server
 	ServerAddr      netip.Addr // the server host's address, the iperf3 target
 }
 
-// LabPath is the lab's office host to VPC backend path.
+// LabPath is the lab's office host to VPC backend path, through office-1a,
+// the preferred member of office-1's pair.
 var LabPath = Path{
 	Client:          "office-1-host",
-	ClientAppliance: "office-1",
+	ClientAppliance: "office-1a",
+	ClientPartner:   "office-1b",
 	ServerAppliance: "vpc-1",
 	Server:          "vpc-1-backend-1",
 	ServerAddr:      netip.MustParseAddr("10.20.0.10"),
@@ -247,6 +254,8 @@ type bench struct {
 
 	causeway *causewayPlane
 	stock    *stockPlane
+	// partnerStopped: the bench stopped Path.ClientPartner.
+	partnerStopped bool
 	// current is the dataplane that is (or is being) brought up.
 	current dataplane
 	tmpDir  string
@@ -295,6 +304,13 @@ func Run(ctx context.Context, topo Topology, opts Options) (*Result, error) {
 func (b *bench) run(ctx context.Context, res *Result) error {
 	if err := b.prepare(ctx, res); err != nil {
 		return err
+	}
+	if p := b.path.ClientPartner; p != "" {
+		b.log.Debug("stopping the client's pair partner for the run", "appliance", p)
+		b.partnerStopped = true
+		if err := b.topo.StopAppliance(p); err != nil {
+			return fmt.Errorf("stopping the client's pair partner %s: %w", p, err)
+		}
 	}
 	planes := map[Dataplane]dataplane{Causeway: b.causeway, Stock: b.stock}
 	for i := range b.opts.Rounds {
@@ -431,6 +447,11 @@ func (b *bench) cleanup(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		if err := b.causeway.start(sctx); err != nil {
 			errs = append(errs, fmt.Errorf("restarting Causeway: %w", err))
+		}
+		if b.partnerStopped {
+			if err := b.topo.StartAppliance(sctx, b.path.ClientPartner); err != nil {
+				errs = append(errs, fmt.Errorf("restarting the client's pair partner: %w", err))
+			}
 		}
 		cancel()
 	}

@@ -121,7 +121,7 @@ func TestRunLab(t *testing.T) {
 	}
 	// Run does not restart Causeway after a cancellation: the caller is
 	// on its way out. Put it back, then check.
-	for _, a := range []string{"office-1", "vpc-1"} {
+	for _, a := range []string{"office-1a", "office-1b", "vpc-1"} {
 		if err := l.StartAppliance(ctx, a); err != nil {
 			t.Errorf("restarting %s: %v", a, err)
 		}
@@ -133,7 +133,7 @@ func TestRunLab(t *testing.T) {
 // stock interface, UAPI socket or daemon is left.
 func checkRestored(t *testing.T, l *lab.Lab, stock []Interface) {
 	t.Helper()
-	for _, node := range []string{"office-1", "vpc-1"} {
+	for _, node := range []string{"office-1a", "vpc-1"} {
 		iface := stockIface(l.Netns(node))
 		if out, err := l.Command(context.Background(), node, "ip", "-o", "link", "show").Output(); err != nil {
 			t.Errorf("%s: %v", node, err)
@@ -144,7 +144,7 @@ func checkRestored(t *testing.T, l *lab.Lab, stock []Interface) {
 			t.Errorf("%s: UAPI socket of %s left behind (%v)", node, iface, err)
 		}
 	}
-	if out, err := l.Command(context.Background(), "office-1-host", "ping", "-n", "-q", "-c", "1", "-W", "2", "10.20.0.10").CombinedOutput(); err != nil {
+	if out, err := l.Command(context.Background(), "office-1-host", "ping", "-n", "-q", "-c", "1", "-w", "10", "10.20.0.10").CombinedOutput(); err != nil {
 		t.Errorf("office-1-host cannot reach 10.20.0.10 through Causeway after the bench: %v\n%s", err, out)
 	}
 	out, _ := exec.Command("ps", "-eo", "args").Output()

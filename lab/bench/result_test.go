@@ -149,7 +149,7 @@ func TestWriteText(t *testing.T) {
 	}
 	out := b.String()
 	for _, want := range []string{
-		"office-1-host -> vpc-1-backend-1 (10.20.0.10) via office-1, vpc-1",
+		"office-1-host -> vpc-1-backend-1 (10.20.0.10) via office-1a, vpc-1",
 		"1 and 4 parallel streams, 5 s per test after 1 s warm-up",
 		"median of 300 pings every 10 ms",
 		"3 completed of 3",

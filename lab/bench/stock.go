@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,6 +56,8 @@ type stockNode struct {
 	// forwarding is the IPv4 forwarding setting start found, if it had to
 	// change it; "" if it did not.
 	forwarding string
+	// vip is the pair member whose VIP start added, nil if none.
+	vip *appliance.PairLocal
 }
 
 func newStockPlane(b *bench, bin string) *stockPlane {
@@ -131,9 +134,18 @@ func (s *stockPlane) startNode(ctx context.Context, n *stockNode) error {
 
 	args := []string{"set", n.iface, "listen-port", strconv.Itoa(int(n.cfg.ListenPort)),
 		"private-key", filepath.Join(n.cfg.StateDir, appliance.KeyFile)}
+	// A remote pair's prefixes go to one member, the controller's choice,
+	// as the appliance starts out (the bench keeps the other one stopped).
+	standby := n.cfg.PairStandby()
+	allowedOf := func(p appliance.PeerConfig) []netip.Prefix {
+		if standby[p.PublicKey] {
+			return p.AllowedPrefixes()[:1]
+		}
+		return p.AllowedPrefixes()
+	}
 	for _, p := range n.cfg.Peers {
 		allowed := make([]string, 0, 4)
-		for _, a := range p.AllowedPrefixes() {
+		for _, a := range allowedOf(p) {
 			allowed = append(allowed, a.String())
 		}
 		args = append(args, "peer", p.PublicKey.String(), "allowed-ips", strings.Join(allowed, ","))
@@ -154,13 +166,19 @@ func (s *stockPlane) startNode(ctx context.Context, n *stockNode) error {
 		{"link", "set", "dev", n.iface, "mtu", strconv.Itoa(n.mtu), "up"},
 	}
 	for _, p := range n.cfg.Peers {
-		for _, a := range p.AllowedPrefixes() {
+		for _, a := range allowedOf(p) {
 			r := []string{"route", "replace", a.Masked().String(), "dev", n.iface, "scope", "link"}
 			if a.Addr().Is4() == self.Is4() {
 				r = append(r, "src", self.String())
 			}
 			ip = append(ip, r)
 		}
+	}
+	if pm := n.cfg.Pair; pm != nil && pm.Member != nil {
+		// The pair member's VIP, which it removes when it stops: the LAN
+		// host's default route.
+		ip = append(ip, []string{"address", "replace", pm.Member.VIP.String(), "dev", pm.Member.LANInterface})
+		n.vip = pm.Member
 	}
 	for _, args := range ip {
 		if _, err := b.output(ctx, node, "ip", args...); err != nil {
@@ -232,6 +250,13 @@ func (s *stockPlane) stopNode(n *stockNode) error {
 			errs = append(errs, err)
 		}
 		n.started = false
+	}
+	if pm := n.vip; pm != nil {
+		if _, err := b.output(ctx, node, "ip", "address", "del", pm.VIP.String(), "dev", pm.LANInterface); err != nil {
+			errs = append(errs, err)
+		} else {
+			n.vip = nil
+		}
 	}
 	if n.forwarding != "" {
 		if _, err := b.output(ctx, node, "sysctl", "-qw", "net.ipv4.ip_forward="+n.forwarding); err != nil {
