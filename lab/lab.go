@@ -525,8 +525,9 @@ func (l *Lab) StartAppliance(ctx context.Context, name string) error {
 
 // applianceArgv is the command line of a controller-managed appliance:
 // one pinned socket per uplink, one endpoint per uplink address, and the
-// Internet gateway where the topology makes it one. An appliance behind
-// NAT reports no endpoints: it only dials out.
+// Internet gateway where the topology makes it one, a usage record every
+// UsageInterval. An appliance behind NAT reports no endpoints: it only
+// dials out.
 func (l *Lab) applianceArgv(a *applianceSpec, caFingerprint string) []string {
 	argv := []string{l.binary, "appliance",
 		"--controller", l.ControllerURL(),
@@ -545,7 +546,7 @@ func (l *Lab) applianceArgv(a *applianceSpec, caFingerprint string) []string {
 	if a.gateway != "" {
 		argv = append(argv, "--gateway", a.gateway)
 	}
-	return argv
+	return append(argv, "--usage-interval", UsageInterval.String())
 }
 
 // startAppliance starts `causeway appliance` in the appliance's namespace;
