@@ -171,6 +171,7 @@ func printLabUp(w io.Writer, l *lab.Lab, lf *labFlags, last string) error {
 		{"appliance list " + tn, "the enrolled appliances, as the controller sees them"},
 		{"appliance netmap " + tn + " office-1", "what the controller pushes to office-1"},
 		{"paths " + tn + " --from office-1 --to vpc-1 --since 1h", "loss and latency per path (history every 10 s)"},
+		{"-- usage --tenant " + tn + " --since 1h", "metered usage by site, meter and peer site; also in the lab's meter sink"},
 	} {
 		fmt.Fprintf(tw, "  causeway lab ctl%s %s\t# %s\n", f, hint[0], hint[1])
 	}
