@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -168,7 +169,7 @@ func (l *Lab) ctlJSON(ctx context.Context, v any, args ...string) error {
 // controllerArgv is the controller's command line: embedded SQLite in the
 // data directory, TLS with its own CA, a certificate for its underlay
 // address, usage exported to the meter sink (its credential travels in
-// the environment).
+// the environment), retried at least every few seconds.
 func (l *Lab) controllerArgv() []string {
 	c := l.t.controller
 	return []string{l.binary, "controller",
@@ -177,6 +178,8 @@ func (l *Lab) controllerArgv() []string {
 		"--tls", "auto",
 		"--tls-hosts", c.listen.Addr().String(),
 		"--metering-url", l.MeterSinkURL(),
+		"--metering-backoff-max", meteringBackoffMax.String(),
+		"--metering-max-attempts", strconv.Itoa(meteringMaxAttempts),
 	}
 }
 

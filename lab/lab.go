@@ -579,8 +579,8 @@ func (l *Lab) StartAppliance(ctx context.Context, name string) error {
 // applianceArgv is the command line of a controller-managed appliance:
 // one pinned socket per uplink, its endpoints (one per uplink address and,
 // for a pair member, the partner's lend port), the Internet gateway where
-// the topology makes it one, and the pair member's settings. An appliance
-// behind NAT reports no endpoints: it only dials out.
+// the topology makes it one, the pair member's settings, and a usage record every
+// UsageInterval. An appliance behind NAT reports no endpoints: it only dials out.
 func (l *Lab) applianceArgv(a *applianceSpec, caFingerprint string) []string {
 	argv := []string{l.binary, "appliance",
 		"--controller", l.ControllerURL(),
@@ -607,7 +607,7 @@ func (l *Lab) applianceArgv(a *applianceSpec, caFingerprint string) []string {
 			"--pair-partner-wan", l.t.pairWANAddr(p.partner).String(), "--pair-borrowed-uplink", p.borrowed,
 			"--pair-lend-port", strconv.Itoa(lendPort), "--pair-priority", strconv.Itoa(p.priority), "--pair-preempt")
 	}
-	return argv
+	return append(argv, "--usage-interval", UsageInterval.String())
 }
 
 // startAppliance starts `causeway appliance` in the appliance's namespace;

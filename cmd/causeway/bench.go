@@ -24,6 +24,8 @@ Benchmarks:
              Causeway against the stock wireguard-go daemon
   control    time until N simulated appliances have applied one change,
              with the controller's CPU seconds and peak memory
+  metering   overlay round-trip time with the metering API answering at
+             once and after 5 s
 
 Run 'causeway bench <benchmark> --help' for its flags.`
 
@@ -34,6 +36,8 @@ func runBench(ctx context.Context, args []string) error {
 	switch args[0] {
 	case "dataplane":
 		return runBenchDataplane(ctx, args[1:])
+	case "metering":
+		return runBenchMetering(ctx, args[1:])
 	case "control":
 		if err := ctlbench.Main(ctx, args[1:]); err != nil && !errors.Is(err, flag.ErrHelp) {
 			return err
@@ -69,20 +73,10 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 	streams := fs.String("streams", "1,4", "comma-separated iperf3 parallel stream counts, one test each")
 	pings := fs.Int("pings", bench.DefaultPings, "echo requests per RTT measurement")
 	pingInterval := fs.Duration("ping-interval", bench.DefaultPingInterval, "time between echo requests")
-	instance := fs.String("instance", "bench", "lab instance name, 1-8 lower-case letters and digits")
-	stateRoot := fs.String("state-root", envDefault("CAUSEWAY_LAB_STATE_ROOT", lab.DefaultStateRoot),
-		"directory holding each lab instance's state (env CAUSEWAY_LAB_STATE_ROOT)")
 	wgPath := fs.String("wireguard-go", "", "prebuilt stock wireguard-go daemon to compare with (default: build it from go.mod, which needs the source tree and the go command)")
-	asJSON := fs.Bool("json", false, "print the result as JSON")
-	verbose := fs.Bool("verbose", false, "log the lab's progress and every command the bench runs")
-	if err := parseFlags(fs, args); err != nil {
+	bl := benchLabFlags(fs, "bench", "log the lab's progress and every command the bench runs")
+	if err := bl.parse(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
-	}
-	if !lab.ValidInstance(*instance) {
-		return usagef("--instance %q: want 1-8 lower-case letters and digits", *instance)
 	}
 	counts, err := parseStreams(*streams)
 	if err != nil {
@@ -101,41 +95,18 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 	if err := opts.Check(); err != nil {
 		return err
 	}
-	if os.Geteuid() != 0 {
-		return errors.New("the lab needs root (network namespaces)")
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("finding the causeway binary: %w", err)
-	}
-	opts.CausewayBinary = exe
-	level := slog.LevelWarn
-	if *verbose {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	opts.Logger = log
-
-	fmt.Fprintf(os.Stderr, "building lab instance %q\n", *instance)
-	l, err := lab.Up(ctx, lab.Options{
-		Instance: *instance, StateRoot: *stateRoot, Binary: exe, OwnerPID: os.Getpid(), Logger: log,
-	})
-	if err != nil {
-		return err
-	}
-	res, err := bench.Run(ctx, l, opts)
-	if derr := l.Down(); derr != nil {
-		err = errors.Join(err, fmt.Errorf("taking the lab down: %w", derr))
-	}
-	if res != nil {
-		if perr := printBench(res, *asJSON); perr != nil {
-			err = errors.Join(err, perr)
+	opts.Logger = bl.logger(slog.LevelDebug)
+	return bl.run(ctx, opts.Logger, func(l *lab.Lab, exe string) (textResult, error) {
+		opts.CausewayBinary = exe
+		res, err := bench.Run(ctx, l, opts)
+		if res == nil {
+			return nil, err
 		}
-	}
-	return err
+		return res, err
+	})
 }
 
-func printBench(res *bench.Result, asJSON bool) error {
+func printBench(res textResult, asJSON bool) error {
 	if !asJSON {
 		return res.WriteText(os.Stdout)
 	}

@@ -174,6 +174,7 @@ func printLabUp(w io.Writer, l *lab.Lab, lf *labFlags, last string) error {
 		{"pair status " + tn + " office-1", "the pair: active member, since when, last failover and its reason"},
 		{"pair drain " + tn + " office-1a", "hand office-1 over to office-1b without loss (undrain: back)"},
 		{"paths " + tn + " --from office-1 --to vpc-1 --since 1h", "loss and latency per path (history every 10 s)"},
+		{"-- usage --tenant " + tn + " --since 1h", "metered usage by site, meter and peer site; also in the lab's meter sink"},
 	} {
 		fmt.Fprintf(tw, "  causeway lab ctl%s %s\t# %s\n", f, hint[0], hint[1])
 	}

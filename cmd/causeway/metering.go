@@ -37,7 +37,7 @@ func meteringFlags(fs *flag.FlagSet) *controllerMetering {
 		timeout: fs.Duration("metering-timeout", durationEnv("CAUSEWAY_METERING_TIMEOUT", metering.DefaultTimeout),
 			"time limit of one request to the metering API (CAUSEWAY_METERING_TIMEOUT)"),
 		backoffMax: fs.Duration("metering-backoff-max", durationEnv("CAUSEWAY_METERING_BACKOFF_MAX", metering.DefaultBackoffMax),
-			"longest wait between retries (exponential from 1s, full jitter) (CAUSEWAY_METERING_BACKOFF_MAX)"),
+			"longest wait between retries (exponential from 1s, equal jitter) (CAUSEWAY_METERING_BACKOFF_MAX)"),
 		dedup: fs.Duration("usage-dedup-retention", durationEnv("CAUSEWAY_USAGE_DEDUP_RETENTION", state.DefaultUsageDedupRetention),
 			"how long counted usage records are remembered; older records are acknowledged, not counted (CAUSEWAY_USAGE_DEDUP_RETENTION)"),
 	}

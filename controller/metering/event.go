@@ -3,7 +3,7 @@
 // same transaction as the ledger increment, see state.ReportUsage), sends
 // them as CloudEvents over HTTP in structured batch mode, and deletes
 // what the API accepted. Failures are retried with exponential backoff
-// and full jitter, a 429's Retry-After is honoured, and entries that
+// and equal jitter, a 429's Retry-After is honoured, and entries that
 // cannot be delivered become dead letters with the reason. Entries are
 // claimed for a lease before they are sent, so that of several controller
 // replicas only one sends a given entry at a time; an entry sent again

@@ -73,8 +73,8 @@ type Config struct {
 	// Timeout bounds one request, answer included; 0 means
 	// DefaultTimeout.
 	Timeout time.Duration
-	// The delay after the n-th failure in a row is uniform in
-	// [0, min(BackoffMax, BackoffBase·2ⁿ⁻¹)] (full jitter); 0 means the
+	// The delay after the n-th failure in a row is uniform in [c/2, c],
+	// c = min(BackoffMax, BackoffBase·2ⁿ⁻¹) (equal jitter); 0 means the
 	// defaults.
 	BackoffBase, BackoffMax time.Duration
 	// MaxRetryAfter bounds the wait a 429's Retry-After asks for; 0 means
@@ -468,14 +468,19 @@ func (w *Worker) release(ctx context.Context, entries []*store.OutboxEntry, ans 
 	return wait
 }
 
-// backoff is the delay after the n-th failure in a row: full jitter over
+// backoff is the delay after the n-th failure in a row: equal jitter over
 // an exponentially growing, capped range.
 func (w *Worker) backoff(n int) time.Duration {
 	return Backoff(w.cfg.BackoffBase, w.cfg.BackoffMax, n)
 }
 
-// Backoff returns a delay uniform in [0, min(maxDelay, base·2ⁿ⁻¹)] for
-// the n-th failure in a row (n >= 1).
+// Backoff returns a delay uniform in [c/2, c], c = min(maxDelay,
+// base·2ⁿ⁻¹), for the n-th failure in a row (n >= 1). The lower half
+// bounds how fast failures can add up: with the defaults, the 10th failed
+// attempt of an entry comes at least 255 s after its first (the sum of
+// the lower bounds, 0.5 s + 1 s + … + 128 s), so an outage of the API
+// shorter than that makes no dead letter. Full jitter ([0, c]) would let
+// ten attempts fit in two minutes about one time in twenty.
 func Backoff(base, maxDelay time.Duration, n int) time.Duration {
 	ceil := maxDelay
 	if n < 1 {
@@ -486,7 +491,8 @@ func Backoff(base, maxDelay time.Duration, n int) time.Duration {
 			ceil = d
 		}
 	}
-	return time.Duration(rand.Int64N(int64(ceil) + 1))
+	half := ceil / 2
+	return half + time.Duration(rand.Int64N(int64(ceil-half)+1))
 }
 
 // send POSTs one batch and judges the answer.

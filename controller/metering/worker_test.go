@@ -606,16 +606,34 @@ func TestBackoff(t *testing.T) {
 		seen := map[time.Duration]bool{}
 		for range 200 {
 			d := metering.Backoff(base, ceil, n)
-			if d < 0 || d > limit {
-				t.Fatalf("Backoff(n=%d) = %s, outside [0, %s]", n, d, limit)
+			if d < limit/2 || d > limit {
+				t.Fatalf("Backoff(n=%d) = %s, outside [%s, %s]", n, d, limit/2, limit)
 			}
 			most = max(most, d)
 			seen[d] = true
 		}
-		// Full jitter: spread over the range, not a fixed delay.
-		if len(seen) < 100 || most < limit/2 {
+		// Equal jitter: spread over the upper half, not a fixed delay.
+		if len(seen) < 100 || most < limit*3/4 {
 			t.Errorf("n=%d: %d distinct delays, largest %s of %s", n, len(seen), most, limit)
 		}
+	}
+}
+
+// TestBackoffOutlastsAnOutage: with the default settings, the failed
+// attempts that make an entry a dead letter span more than four minutes
+// however the jitter falls, so a metering API down for two minutes
+// leaves no dead letter.
+func TestBackoffOutlastsAnOutage(t *testing.T) {
+	shortest := time.Duration(1 << 62)
+	for range 2000 {
+		var span time.Duration
+		for n := 1; n < metering.DefaultMaxAttempts; n++ {
+			span += metering.Backoff(metering.DefaultBackoffBase, metering.DefaultBackoffMax, n)
+		}
+		shortest = min(shortest, span)
+	}
+	if shortest < 4*time.Minute {
+		t.Errorf("%d failed attempts fit in %s", metering.DefaultMaxAttempts, shortest)
 	}
 }
 
