@@ -23,12 +23,12 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"appliance":  {summary: "run a site appliance: enrolls, follows the controller, runs the WireGuard dataplane and probes every path", run: runAppliance},
+	"appliance":  {summary: "run a site appliance: enrolls, follows the controller, runs the WireGuard dataplane, probes every path, meters usage, runs a PAIR member", run: runAppliance},
 	"controller": {summary: "run the controller (API, enrollment, config push)", run: runController},
 	"ctl":        {summary: "admin CLI for the controller API", run: runCtl},
 	"lab":        {summary: "build a demo overlay in network namespaces on this machine", run: runLab},
 	"meter-sink": {summary: "a small metering API receiver (CloudEvents into SQLite) for local use and tests", run: runMeterSink},
-	"bench":      {summary: "benchmarks: the dataplane against stock wireguard-go, the control plane with N appliances", run: runBench},
+	"bench":      {summary: "benchmarks: the dataplane against stock wireguard-go, the control plane with N appliances, forwarding with a slow metering API", run: runBench},
 	"version":    {summary: "print the version", run: runVersion},
 }
 
