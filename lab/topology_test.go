@@ -187,14 +187,15 @@ func TestApplianceArgv(t *testing.T) {
 			}
 		}
 		// The pair members reach both ISPs: their own, and the partner's
-		// through the partner's lend port.
+		// through the partner's lend port. Every appliance cuts a usage
+		// record every UsageInterval.
 		if want := map[string]string{
 			"office-1a": "--uplinks wan1 --endpoints 198.18.1.2:51820,198.18.4.2:51821 --gateway lan0 --pair-vip 10.10.0.1/24 " +
 				"--pair-lan-addr 10.10.0.2 --pair-partner-lan-addr 10.10.0.3 --pair-wan-interface wan1 --pair-wan-addr 198.18.1.2 " +
-				"--pair-partner-wan 198.18.4.2 --pair-borrowed-uplink wan2 --pair-lend-port 51821 --pair-priority 200 --pair-preempt",
+				"--pair-partner-wan 198.18.4.2 --pair-borrowed-uplink wan2 --pair-lend-port 51821 --pair-priority 200 --pair-preempt --usage-interval 2s",
 			"office-1b": "--uplinks wan2 --endpoints 198.18.4.2:51820,198.18.1.2:51821 --gateway lan0 --pair-vip 10.10.0.1/24 " +
 				"--pair-lan-addr 10.10.0.3 --pair-partner-lan-addr 10.10.0.2 --pair-wan-interface wan2 --pair-wan-addr 198.18.4.2 " +
-				"--pair-partner-wan 198.18.1.2 --pair-borrowed-uplink wan1 --pair-lend-port 51821 --pair-priority 100 --pair-preempt",
+				"--pair-partner-wan 198.18.1.2 --pair-borrowed-uplink wan1 --pair-lend-port 51821 --pair-priority 100 --pair-preempt --usage-interval 2s",
 		}[a.name]; want != "" && !strings.HasSuffix(argv, want) {
 			t.Errorf("%s: %s\nwant it to end in %s", a.name, argv, want)
 		}
