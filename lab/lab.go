@@ -494,25 +494,30 @@ func (l *Lab) service(name string) *serviceSpec {
 // last netmap and log.
 func (l *Lab) applianceDir(name string) string { return filepath.Join(l.dir, name) }
 
+// applianceProcess returns the process record of the named appliance, as
+// the state file has it now; ok is false when it is not running.
+func (l *Lab) applianceProcess(name string) (rec procRecord, ok bool, err error) {
+	if l.t.appliance(name) == nil {
+		return rec, false, fmt.Errorf("lab: no appliance %q", name)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reloadLocked()
+	if r := l.procLocked(name); r != nil {
+		return *r, true, nil
+	}
+	return rec, false, nil
+}
+
 // KillAppliance ends the named appliance with SIGKILL, as a crash would,
 // and waits for it to exit. What it set up in its namespace stays as a
 // crash leaves it (its gateway's rules, its VIP until the lease runs out);
 // StartAppliance cleans that up. Killing a stopped appliance is not an
 // error.
 func (l *Lab) KillAppliance(name string) error {
-	if l.t.appliance(name) == nil {
-		return fmt.Errorf("lab: no appliance %q", name)
-	}
-	l.mu.Lock()
-	l.reloadLocked()
-	r := l.procLocked(name)
-	var rec procRecord
-	if r != nil {
-		rec = *r
-	}
-	l.mu.Unlock()
-	if r == nil {
-		return nil
+	rec, ok, err := l.applianceProcess(name)
+	if err != nil || !ok {
+		return err
 	}
 	if err := killProcess(rec); err != nil {
 		return fmt.Errorf("lab: %w", err)
@@ -525,19 +530,9 @@ func (l *Lab) KillAppliance(name string) error {
 // timeout) and waits for it to exit. Stopping a stopped appliance is not
 // an error.
 func (l *Lab) StopAppliance(name string) error {
-	if l.t.appliance(name) == nil {
-		return fmt.Errorf("lab: no appliance %q", name)
-	}
-	l.mu.Lock()
-	l.reloadLocked()
-	r := l.procLocked(name)
-	var rec procRecord
-	if r != nil {
-		rec = *r
-	}
-	l.mu.Unlock()
-	if r == nil {
-		return nil
+	rec, ok, err := l.applianceProcess(name)
+	if err != nil || !ok {
+		return err
 	}
 	if err := stopProcess(rec, stopTimeout); err != nil {
 		return fmt.Errorf("lab: %w", err)
