@@ -37,12 +37,17 @@ func TestUAPISetDiff(t *testing.T) {
 	got := uapiSet(nil, 0, have, want)
 	for _, line := range []string{
 		"public_key=" + b.HexString() + "\nremove=true\n",
-		"public_key=" + a.HexString() + "\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.20.0.0/24\nallowed_ip=100.64.0.2/32\n",
+		// A kept peer gains what it did not have, and keeps the rest
+		// without a moment in which it is unrouted.
+		"public_key=" + a.HexString() + "\npersistent_keepalive_interval=25\nallowed_ip=100.64.0.2/32\n",
 		"public_key=" + c.HexString() + "\nendpoint=198.18.3.2:51820\n",
 	} {
 		if !strings.Contains(got, line) {
 			t.Errorf("missing %q in:\n%s", line, got)
 		}
+	}
+	if strings.Contains(got, "public_key="+a.HexString()+"\npersistent_keepalive_interval=25\nreplace_allowed_ips") {
+		t.Errorf("a kept peer's prefixes replaced (unrouted for a moment):\n%s", got)
 	}
 	// An unchanged endpoint must not be rewritten: that would undo roaming.
 	if strings.Contains(got, "endpoint=198.18.2.2") {
@@ -50,6 +55,24 @@ func TestUAPISetDiff(t *testing.T) {
 	}
 	if strings.Contains(got, "private_key") {
 		t.Error("peer-only update touched the private key")
+	}
+}
+
+// TestUAPIMovePrefix moves a prefix between two kept peers: the gain comes
+// before the loss, so the prefix is always routed to one of them.
+func TestUAPIMovePrefix(t *testing.T) {
+	a, b := mustKey(t), mustKey(t)
+	lan, oa, ob := pfx("10.10.0.0/24"), pfx("100.64.0.1/32"), pfx("100.64.0.2/32")
+	have := map[wgkey.PublicKey]Peer{
+		a: {PublicKey: a, AllowedIPs: []netip.Prefix{oa, lan}},
+		b: {PublicKey: b, AllowedIPs: []netip.Prefix{ob}},
+	}
+	want := []Peer{{PublicKey: a, AllowedIPs: []netip.Prefix{oa}}, {PublicKey: b, AllowedIPs: []netip.Prefix{ob, lan}}}
+	got := uapiSet(nil, 0, have, want)
+	gain := strings.Index(got, "public_key="+b.HexString()+"\npersistent_keepalive_interval=0\nallowed_ip=10.10.0.0/24\n")
+	loss := strings.Index(got, "public_key="+a.HexString()+"\nallowed_ip=-10.10.0.0/24\n")
+	if gain < 0 || loss < 0 || loss < gain || strings.Contains(got, "replace_allowed_ips") {
+		t.Errorf("move of %s from a to b:\n%s", lan, got)
 	}
 }
 

@@ -71,6 +71,14 @@ func uapiSet(priv *wgkey.PrivateKey, port uint16, have map[wgkey.PublicKey]Peer,
 			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", k.HexString())
 		}
 	}
+	// Allowed prefixes change without a moment in which a kept prefix is
+	// nobody's: a new peer gets its list outright; a kept peer first gets
+	// the prefixes it gains (an insert takes a prefix over from the peer
+	// that had it, atomically), and only once every peer has its gains
+	// does it lose what it no longer has ("-prefix" removes a prefix only
+	// from the peer that still holds it). A prefix moving from one peer
+	// to another is always routed, to one or the other.
+	var losses strings.Builder
 	for _, p := range want {
 		old, existed := have[p.PublicKey]
 		fmt.Fprintf(&b, "public_key=%s\n", p.PublicKey.HexString())
@@ -78,11 +86,38 @@ func uapiSet(priv *wgkey.PrivateKey, port uint16, have map[wgkey.PublicKey]Peer,
 			fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
 		}
 		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(p.Keepalive/time.Second))
-		b.WriteString("replace_allowed_ips=true\n")
+		if !existed {
+			b.WriteString("replace_allowed_ips=true\n")
+			for _, a := range p.AllowedIPs {
+				fmt.Fprintf(&b, "allowed_ip=%s\n", a.Masked())
+			}
+			continue
+		}
+		had := make(map[netip.Prefix]bool, len(old.AllowedIPs))
+		for _, a := range old.AllowedIPs {
+			had[a.Masked()] = true
+		}
+		keep := make(map[netip.Prefix]bool, len(p.AllowedIPs))
 		for _, a := range p.AllowedIPs {
-			fmt.Fprintf(&b, "allowed_ip=%s\n", a.Masked())
+			keep[a.Masked()] = true
+			if !had[a.Masked()] {
+				fmt.Fprintf(&b, "allowed_ip=%s\n", a.Masked())
+			}
+		}
+		var lost []netip.Prefix
+		for _, a := range old.AllowedIPs {
+			if !keep[a.Masked()] {
+				lost = append(lost, a.Masked())
+			}
+		}
+		if len(lost) > 0 {
+			fmt.Fprintf(&losses, "public_key=%s\n", p.PublicKey.HexString())
+			for _, a := range lost {
+				fmt.Fprintf(&losses, "allowed_ip=-%s\n", a)
+			}
 		}
 	}
+	b.WriteString(losses.String())
 	return b.String()
 }
 
