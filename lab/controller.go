@@ -194,7 +194,7 @@ func (l *Lab) startController(ctx context.Context) error {
 	if err := l.startMeterSink(ctx, auth); err != nil {
 		return err
 	}
-	r, err := l.startRecorded(controllerName, kindController, l.t.controller.node, l.controllerArgv(), "CAUSEWAY_METERING_AUTH="+auth)
+	r, err := l.startRecorded(controllerName, kindController, l.t.controller.node, l.LogPath(controllerName), l.controllerArgv(), "CAUSEWAY_METERING_AUTH="+auth)
 	if err != nil {
 		return fmt.Errorf("lab: controller: %w", err)
 	}
@@ -216,10 +216,10 @@ func (l *Lab) startController(ctx context.Context) error {
 }
 
 // startRecorded starts argv in node's namespace, with its output in the
-// log called name and env added to its environment, and records it in the
-// state as name.
-func (l *Lab) startRecorded(name, kind, node string, argv []string, env ...string) (procRecord, error) {
-	r, c, err := startProcess(l.binary, netnsName(l.instance, node), argv, l.LogPath(name), env...)
+// file log and env added to its environment, and records it in the state
+// as name: even a failed start that left a process, so that Down finds it.
+func (l *Lab) startRecorded(name, kind, node, log string, argv []string, env ...string) (procRecord, error) {
+	r, c, err := startProcess(l.binary, netnsName(l.instance, node), argv, log, env...)
 	r.Name, r.Kind, r.Node = name, kind, node
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -403,18 +403,7 @@ func (l *Lab) delayStageArgv(k impairLink, im Impairment) []string {
 func (l *Lab) addDelay(ctx context.Context, k impairLink, im Impairment) error {
 	ns := netnsName(l.instance, impairRouter)
 	name := k.stageName()
-	r, c, err := startProcess(l.binary, ns, l.delayStageArgv(k, im), filepath.Join(l.dir, name+".log"))
-	r.Name, r.Kind, r.Node = name, kindDelayStage, impairRouter
-	l.mu.Lock()
-	if c != nil {
-		l.setChildLocked(name, c)
-	}
-	if r.PID != 0 {
-		if serr := l.setProcLocked(r); serr != nil && err == nil {
-			err = serr
-		}
-	}
-	l.mu.Unlock()
+	r, err := l.startRecorded(name, kindDelayStage, impairRouter, filepath.Join(l.dir, name+".log"), l.delayStageArgv(k, im))
 	if err != nil {
 		return fmt.Errorf("lab: delay stage for %s: %w", k, err)
 	}

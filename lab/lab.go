@@ -613,19 +613,7 @@ func (l *Lab) startAppliance(name, caFingerprint, token string) error {
 	if token != "" {
 		env = append(env, "CAUSEWAY_ENROLL_TOKEN="+token)
 	}
-	r, c, err := startProcess(l.binary, netnsName(l.instance, name), argv, l.LogPath(name), env...)
-	r.Name, r.Kind, r.Node = name, kindAppliance, name
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if c != nil {
-		l.setChildLocked(name, c)
-	}
-	if r.PID != 0 {
-		// Record even a failed start, so that Down finds the process.
-		if serr := l.setProcLocked(r); serr != nil && err == nil {
-			err = serr
-		}
-	}
+	r, err := l.startRecorded(name, kindAppliance, name, l.LogPath(name), argv, env...)
 	if err != nil {
 		return fmt.Errorf("lab: appliance %s: %w", name, err)
 	}
@@ -640,18 +628,7 @@ func (l *Lab) startService(ctx context.Context, sv serviceSpec) error {
 	if sv.udpEcho.IsValid() {
 		argv = append(argv, "--udp-echo", sv.udpEcho.String())
 	}
-	r, c, err := startProcess(l.binary, netnsName(l.instance, sv.host), argv, l.LogPath(sv.name))
-	r.Name, r.Kind, r.Node = sv.name, kindService, sv.host
-	l.mu.Lock()
-	if c != nil {
-		l.setChildLocked(sv.name, c)
-	}
-	if r.PID != 0 {
-		if serr := l.setProcLocked(r); serr != nil && err == nil {
-			err = serr
-		}
-	}
-	l.mu.Unlock()
+	r, err := l.startRecorded(sv.name, kindService, sv.host, l.LogPath(sv.name), argv)
 	if err != nil {
 		return fmt.Errorf("lab: service %s: %w", sv.name, err)
 	}

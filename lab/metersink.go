@@ -85,7 +85,7 @@ func (l *Lab) startMeterSink(ctx context.Context, auth string) error {
 		return nil
 	}
 	argv := []string{l.binary, "meter-sink", "--listen", meterSinkListen, "--db", filepath.Join(l.dir, meterSinkDB)}
-	r, err := l.startRecorded(meterSinkName, kindService, l.t.controller.node, argv, "CAUSEWAY_METER_SINK_AUTH="+auth)
+	r, err := l.startRecorded(meterSinkName, kindService, l.t.controller.node, l.LogPath(meterSinkName), argv, "CAUSEWAY_METER_SINK_AUTH="+auth)
 	if err != nil {
 		return fmt.Errorf("lab: meter sink: %w", err)
 	}
