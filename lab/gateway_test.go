@@ -72,6 +72,9 @@ func TestGateway(t *testing.T) {
 			sum(m, gatewayMetric("uplink_nexthop", "wan1")) == 1 && sum(m, gatewayMetric("uplink_nexthop", "wan2")) == 1
 	}
 	waitMetric(ctx, t, l, memberA, bothHealthy)
+	// office-1a serves the LAN (it holds the VIP, the remotes route to
+	// it): the counters read below are its own.
+	waitActive(ctx, t, l, memberA, true)
 	webURL := "http://" + webAddr.String() + "/"
 	echoAddr := netip.AddrPortFrom(webAddr, webEchoPort)
 
